@@ -1,0 +1,140 @@
+"""The application, built by a factory from a `Settings` object.
+
+Nothing is created at import: `create_app(settings)` makes the handler registry (loading
+plugins from config and entry points), the metrics, the storage backend and the intake; the
+lifespan opens storage and starts the dispatcher, and closes both on shutdown.
+
+Requests under ``/callbacks/`` go straight to the `Intake` (plain ASGI, the hot path);
+everything else goes through a Starlette app with explicit routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from receiver.api import build_routes
+from receiver.auth import KeyRing
+from receiver.config import Settings
+from receiver.dispatch import Dispatcher
+from receiver.intake import PREFIX, Intake, SourceRuntime
+from receiver.metrics import Metrics
+from receiver.plugins import load_plugins
+from receiver.registry import HandlerRegistry
+from receiver.sources import adapter_for
+from receiver.storage import Storage, open_storage
+
+log = structlog.get_logger("taskhook.app")
+
+Setup = Callable[[HandlerRegistry], None]
+
+
+class TaskhookApp:
+    """One receiver instance. ASGI callable; `started()` runs the lifespan for tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        setup: Setup | None = None,
+        clock: Callable[[], float] = time.time,
+        storage: Storage | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.keys = KeyRing(settings.api.keys)
+        self.registry = HandlerRegistry()
+        self.plugins = load_plugins(
+            self.registry, specs=settings.handlers, use_entry_points=settings.entry_points
+        )
+        if setup is not None:
+            setup(self.registry)
+        self.storage = storage or open_storage(
+            settings.database.url, on_commit=self.metrics.observe_commit
+        )
+        self.sources = {
+            name: SourceRuntime.build(name, src, adapter_for(src.kind))
+            for name, src in settings.sources.items()
+        }
+        self.dispatcher = Dispatcher(
+            storage=self.storage,
+            registry=self.registry,
+            adapters={name: rt.adapter for name, rt in self.sources.items()},
+            settings=settings.dispatch,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self.intake = Intake(
+            sources=self.sources,
+            storage=self.storage,
+            metrics=self.metrics,
+            on_stored=self.dispatcher.notify,
+            clock=clock,
+        )
+        self.http = Starlette(routes=build_routes(self), lifespan=self._lifespan)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            structlog.contextvars.clear_contextvars()
+            if scope["path"].startswith(PREFIX):
+                await self.intake(scope, receive, send)
+                return
+        await self.http(scope, receive, send)
+
+    async def startup(self) -> None:
+        await self.storage.open()
+        self.registry.freeze()
+        if self.settings.insecure_dev:
+            log.warning(
+                "INSECURE DEV MODE: sources with verify = 'none' accept ANY request from anyone; "
+                "set TASKHOOK_REFONTE_SECRET or use a config file before exposing this receiver"
+            )
+        if self.settings.dispatch.enabled:
+            self.dispatcher.start()
+        log.info(
+            "taskhook started",
+            sources=sorted(self.sources),
+            handlers=[h.name for h in self.registry.handlers],
+            plugins=self.plugins,
+            database=self.settings.database.url.split("@")[-1],
+        )
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        await self.dispatcher.stop(grace)
+        await self.storage.close()
+        log.info("taskhook stopped")
+
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[TaskhookApp]:
+        await self.startup()
+        try:
+            yield self
+        finally:
+            await self.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        async with self.started():
+            yield
+
+    async def retry(self, delivery_id: str) -> bool | None:
+        """Requeue a failed/dead/quarantined delivery (the HTTP route and the CLI share this)."""
+        done = await self.storage.requeue(delivery_id, now=self.clock())
+        if done:
+            self.dispatcher.notify()
+        return done
+
+
+def create_app(
+    settings: Settings,
+    *,
+    setup: Setup | None = None,
+    clock: Callable[[], float] = time.time,
+) -> TaskhookApp:
+    return TaskhookApp(settings, setup=setup, clock=clock)

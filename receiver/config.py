@@ -1,0 +1,216 @@
+"""Settings: one object built from a mapping (a TOML file) plus the environment.
+
+`load_settings` is the only place that reads files or ``os.environ``; everything else takes a
+`Settings`. Secrets are `SecretStr` so a settings object can be logged or printed safely.
+A bad configuration raises `ConfigError` naming where it came from (file or variable) and the
+dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from receiver.errors import ConfigError
+
+SourceKind = Literal["refonte"]
+VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_HEADERS: dict[str, str] = {
+    "header-token": "refonte-callback-auth",
+    "hmac-sha256": "x-signature-sha256",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Strict):
+    url: str = "sqlite:///taskhook.db"
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> DatabaseSettings:
+        if not self.url.startswith(("sqlite:", "postgresql:", "postgres:")):
+            raise ValueError("url must start with sqlite:/// or postgresql://")
+        return self
+
+
+class SourceSettings(_Strict):
+    kind: SourceKind
+    verify: VerifyScheme
+    header: str = ""
+    secrets: tuple[SecretStr, ...] = ()
+    secrets_env: str | None = None
+    tolerance_seconds: int = Field(default=300, ge=0)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceSettings:
+        if self.verify != "none" and not self.secrets:
+            raise ValueError(f"verify = {self.verify!r} needs `secrets` or `secrets_env`")
+        return self
+
+    @property
+    def header_name(self) -> str:
+        return (self.header or DEFAULT_HEADERS.get(self.verify, "")).lower()
+
+    def secret_values(self) -> tuple[str, ...]:
+        return tuple(s.get_secret_value() for s in self.secrets)
+
+
+class ApiKey(_Strict):
+    key: SecretStr | None = None
+    key_env: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+class ApiSettings(_Strict):
+    keys: dict[str, ApiKey] = Field(default_factory=dict)
+
+
+class DispatchSettings(_Strict):
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=600.0, gt=0)
+    concurrency: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=200, ge=1)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    enabled: bool = True
+
+
+class LogSettings(_Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Strict):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    handlers: tuple[str, ...] = ()
+    entry_points: bool = True
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    insecure_dev: bool = False
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], *, where: str = "settings", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate `data` (the TOML document's shape), resolving ``*_env`` indirections."""
+    env = os.environ if environ is None else environ
+    doc: dict[str, Any] = {k: v for k, v in data.items()}
+
+    if url := env.get("TASKHOOK_DATABASE_URL"):
+        doc["database"] = {**dict(doc.get("database") or {}), "url": url}
+
+    sources = dict(doc.get("sources") or {})
+    for name, raw in sources.items():
+        if not isinstance(raw, Mapping):
+            raise ConfigError("must be a table", where=where, key=f"sources.{name}")
+        src = dict(raw)
+        if var := src.get("secrets_env"):
+            value = env.get(str(var), "")
+            found = [s.strip() for s in value.split(",") if s.strip()]
+            if not found:
+                raise ConfigError(
+                    f"environment variable {var} is empty or unset",
+                    where=where,
+                    key=f"sources.{name}.secrets_env",
+                )
+            src["secrets"] = [*src.get("secrets", []), *found]
+        sources[name] = src
+    if sources:
+        doc["sources"] = sources
+
+    api = dict(doc.get("api") or {})
+    keys = dict(api.get("keys") or {})
+    for name, raw in keys.items():
+        if isinstance(raw, Mapping) and (var := raw.get("key_env")):
+            if not env.get(str(var)):
+                raise ConfigError(
+                    f"environment variable {var} is empty or unset",
+                    where=where,
+                    key=f"api.keys.{name}.key_env",
+                )
+            keys[name] = {**raw, "key": env[str(var)]}
+    if keys:
+        doc["api"] = {**api, "keys": keys}
+
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(first["msg"], where=where, key=_loc(first["loc"])) from None
+    for name in settings.sources:
+        if not name or "/" in name or name != name.strip():
+            raise ConfigError("source names must be URL path segments", where=where, key=name)
+    return settings
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    insecure_dev: bool = False,
+) -> Settings:
+    """Settings from `path`, else ``$TASKHOOK_CONFIG``, else ``./taskhook.toml``, else the
+    built-in local default (SQLite ``./taskhook.db`` and one ``refonte`` source)."""
+    env = os.environ if environ is None else environ
+    chosen = path or env.get("TASKHOOK_CONFIG")
+    if chosen is None and Path("taskhook.toml").is_file():
+        chosen = "taskhook.toml"
+    if chosen is None:
+        return local_default(environ=env, insecure_dev=insecure_dev)
+    where = str(chosen)
+    try:
+        data = tomllib.loads(Path(chosen).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", where=where) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=where) from None
+    settings = settings_from_mapping(data, where=where, environ=env)
+    if insecure_dev:
+        settings = settings.model_copy(update={"insecure_dev": True})
+    return settings
+
+
+def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> Settings:
+    """The zero-config setup: `refonte` source keyed by ``$TASKHOOK_REFONTE_SECRET``.
+
+    Without a secret it refuses unless `insecure_dev`, in which case the source accepts anything.
+    """
+    secret = environ.get("TASKHOOK_REFONTE_SECRET", "")
+    source: dict[str, Any] = {"kind": "refonte"}
+    if secret:
+        source |= {"verify": "header-token", "secrets": [secret]}
+    elif insecure_dev:
+        source |= {"verify": "none"}
+    else:
+        raise ConfigError(
+            "no configuration file and no secret: set TASKHOOK_REFONTE_SECRET, pass --config, "
+            "or pass --insecure-dev to accept unauthenticated deliveries",
+            where="built-in default",
+            key="sources.refonte.secrets",
+        )
+    return settings_from_mapping(
+        {
+            "database": {"url": "sqlite:///taskhook.db"},
+            "sources": {"refonte": source},
+            "insecure_dev": insecure_dev and not secret,
+        },
+        where="built-in default",
+        environ=environ,
+    )

@@ -1,0 +1,300 @@
+"""The dispatcher: stored deliveries → typed events → handlers, inside the app.
+
+It leases deliveries that head their task's queue (so one task's deliveries run in receipt
+order while different tasks run concurrently), derives and persists their events once, runs
+each registered handler that has not yet succeeded on each event, and records every run.
+A failed run is retried with exponential backoff and jitter, re-running only the handlers
+that failed; after ``max_attempts`` the delivery is `dead`, its error and traceback kept.
+The intake never waits on any of this: it only `notify()`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from receiver.config import DispatchSettings
+from receiver.errors import PayloadError, StorageUnavailable
+from receiver.events import Event
+from receiver.metrics import Metrics
+from receiver.records import (
+    DeliveryOutcome,
+    DeliveryRecord,
+    DeliveryStatus,
+    HandlerRun,
+    StoredEvent,
+    new_id,
+)
+from receiver.registry import HandlerRegistry
+from receiver.sources import SourceAdapter
+from receiver.storage import Storage
+
+log = structlog.get_logger("taskhook.dispatch")
+
+Clock = Callable[[], float]
+
+
+def backoff_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    delay: float = ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return delay
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        registry: HandlerRegistry,
+        adapters: Mapping[str, SourceAdapter],
+        settings: DispatchSettings,
+        metrics: Metrics,
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+        handler_timeout: float = 30.0,
+    ) -> None:
+        self._storage = storage
+        self._registry = registry
+        self._adapters = adapters  # by source name
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._handler_timeout = handler_timeout
+        self.owner = f"{os.getpid()}-{new_id('')}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="taskhook-dispatcher")
+
+    def notify(self) -> None:
+        """Something new may be ready: claim without waiting for the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, let running deliveries finish within `grace`, release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(StorageUnavailable):
+            await self._storage.release_claims(self.owner)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            started = 0
+            try:
+                started = await self.claim_and_start()
+                self._metrics.backlog.set(await self._storage.backlog())
+            except StorageUnavailable as exc:
+                log.warning("dispatch poll failed", error=str(exc))
+            except Exception:
+                log.exception("dispatch poll crashed")
+            if self._stopping:
+                break
+            if started == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), timeout=self._settings.poll_interval_seconds
+                    )
+
+    async def claim_and_start(self) -> int:
+        room = self._settings.concurrency - len(self._inflight)
+        if room <= 0:
+            return 0
+        claimed = await self._storage.claim_ready(
+            owner=self.owner,
+            limit=min(room, self._settings.batch_size),
+            now=self._clock(),
+            lease_seconds=self._settings.lease_seconds,
+        )
+        for delivery in claimed:
+            task = asyncio.create_task(self._guarded(delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return len(claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def drain(self, *, within: float = 10.0) -> None:
+        """Process until nothing is due (tests and `replay` use this instead of sleeping)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            started = await self.claim_and_start()
+            if self._inflight:
+                await asyncio.wait(self._inflight, timeout=max(0.0, deadline - time.monotonic()))
+            elif started == 0:
+                return
+        raise TimeoutError("dispatcher did not drain in time")
+
+    async def _guarded(self, delivery: DeliveryRecord) -> None:
+        with structlog.contextvars.bound_contextvars(
+            delivery_id=delivery.id, source=delivery.source, task_id=delivery.task_id
+        ):
+            try:
+                await self.process(delivery)
+            except StorageUnavailable as exc:
+                # The lease expires and another pass picks the delivery up again.
+                log.warning("could not record dispatch outcome", error=str(exc))
+            except Exception:
+                log.exception("dispatch crashed")
+
+    async def process(self, delivery: DeliveryRecord) -> DeliveryOutcome:
+        """One attempt at one leased delivery; returns (and records) how it ended."""
+        try:
+            events = await self._events(delivery)
+        except PayloadError as exc:
+            outcome = DeliveryOutcome(
+                delivery.id, DeliveryStatus.QUARANTINED, delivery.attempts + 1, error=exc.reason
+            )
+            return await self._finish(delivery, outcome, events=0)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            return await self._finish(
+                delivery, self._failure(delivery, f"deriving events failed: {exc!r}", ()), events=0
+            )
+
+        done = await self._storage.succeeded_runs([e.event_id for e in events])
+        runs: list[HandlerRun] = []
+        for event in events:
+            with structlog.contextvars.bound_contextvars(
+                event_name=event.name, event_id=event.event_id
+            ):
+                for handler in self._registry.handlers_for(event.name):
+                    if (event.event_id, handler.name) in done:
+                        continue
+                    run = await self._run_handler(handler.name, handler.func, event)
+                    runs.append(run)
+        failures = [r for r in runs if not r.ok]
+        if not failures:
+            outcome = DeliveryOutcome(
+                delivery.id, DeliveryStatus.PROCESSED, delivery.attempts + 1, runs=tuple(runs)
+            )
+        else:
+            summary = "; ".join(f"{r.handler} on {r.event_id}: {r.error}" for r in failures)
+            outcome = self._failure(delivery, summary, runs, failures[0].traceback)
+        return await self._finish(delivery, outcome, events=len(events))
+
+    async def _events(self, delivery: DeliveryRecord) -> list[Event]:
+        if delivery.events_derived:
+            stored = await self._storage.load_events(delivery.id)
+            return [Event.model_validate_json(s.payload_json) for s in stored]
+        adapter = self._adapters.get(delivery.source)
+        if adapter is None:
+            raise PayloadError(f"source {delivery.source!r} is no longer configured")
+        events = adapter.events(delivery.source, delivery)
+        await self._storage.save_events(
+            delivery.id,
+            [
+                StoredEvent(e.event_id, e.name, e.task_id, e.delivery_id, e.model_dump_json())
+                for e in events
+            ],
+        )
+        return events
+
+    async def _run_handler(
+        self, name: str, func: Callable[..., object], event: Event
+    ) -> HandlerRun:
+        try:
+            async with asyncio.timeout(self._handler_timeout):
+                result = func(event)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            self._metrics.handler_runs.labels(name, "failed").inc()
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TimeoutError):
+                error = f"timed out after {self._handler_timeout:g}s"
+            log.warning("handler failed", handler=name, error=error)
+            await self._call_error_hooks(event, name, exc)
+            return HandlerRun(
+                event.event_id,
+                name,
+                event.delivery_id,
+                ok=False,
+                error=error,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+        self._metrics.handler_runs.labels(name, "ok").inc()
+        return HandlerRun(event.event_id, name, event.delivery_id, ok=True)
+
+    async def _call_error_hooks(self, event: Event, name: str, exc: BaseException) -> None:
+        for hook in self._registry.error_hooks:
+            try:
+                result = hook(event, name, exc)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("error hook failed", hook=repr(hook))
+
+    def _failure(
+        self,
+        delivery: DeliveryRecord,
+        error: str,
+        runs: tuple[HandlerRun, ...] | list[HandlerRun],
+        tb: str | None = None,
+    ) -> DeliveryOutcome:
+        attempts = delivery.attempts + 1
+        if attempts >= self._settings.max_attempts:
+            return DeliveryOutcome(
+                delivery.id,
+                DeliveryStatus.DEAD,
+                attempts,
+                error=error,
+                traceback=tb,
+                runs=tuple(runs),
+            )
+        delay = backoff_delay(
+            attempts,
+            base=self._settings.backoff_base_seconds,
+            cap=self._settings.backoff_max_seconds,
+            rng=self._rng,
+        )
+        return DeliveryOutcome(
+            delivery.id,
+            DeliveryStatus.FAILED,
+            attempts,
+            next_attempt_at=self._clock() + delay,
+            error=error,
+            traceback=tb,
+            runs=tuple(runs),
+        )
+
+    async def _finish(
+        self, delivery: DeliveryRecord, outcome: DeliveryOutcome, *, events: int
+    ) -> DeliveryOutcome:
+        await self._storage.finish(outcome, owner=self.owner)
+        self._metrics.dispatched.labels(outcome.status.value).inc()
+        fields = {"status": outcome.status.value, "events": events, "attempt": outcome.attempts}
+        if outcome.status is DeliveryStatus.PROCESSED:
+            log.info("delivery processed", handlers=len(outcome.runs), **fields)
+        elif outcome.status is DeliveryStatus.FAILED:
+            retry_in = round(outcome.next_attempt_at - self._clock(), 3)
+            log.warning(
+                "delivery failed, will retry", retry_in=retry_in, error=outcome.error, **fields
+            )
+        else:
+            log.error("delivery gave up", error=outcome.error, **fields)
+        return outcome

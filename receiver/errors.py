@@ -1,0 +1,69 @@
+"""Every error taskhook raises on purpose.
+
+One base class, mapped to an HTTP status only at the edge (``receiver.intake`` and the API
+routes). Each class says when to catch it::
+
+    TaskhookError
+    ├── ConfigError            bad settings: start-up stops with the source and key at fault
+    ├── VerificationError      a delivery failed its source's check (401); the body is not stored
+    ├── PayloadError           authenticated, but the body cannot be read (400, quarantined)
+    │   └── UnsupportedMediaType   the content type is not one we can read (415, quarantined)
+    ├── StorageUnavailable     the database cannot take or give data right now (503)
+    ├── NotFound               the thing asked for does not exist (404)
+    ├── RegistryError          a handler or plugin is wrong at registration time
+    └── HandlerError           a handler failed while dispatching (kept on the run record)
+
+This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+
+class TaskhookError(Exception):
+    """Base class of every error taskhook raises deliberately."""
+
+
+class ConfigError(TaskhookError):
+    """The settings are invalid. ``where`` names the file or variable, ``key`` the dotted key."""
+
+    def __init__(self, message: str, *, where: str = "", key: str = "") -> None:
+        self.where = where
+        self.key = key
+        prefix = ": ".join(p for p in (where, key) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class VerificationError(TaskhookError):
+    """A delivery failed verification. ``reason`` is safe to show to the sender."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PayloadError(TaskhookError):
+    """An authenticated body that cannot be parsed into its source kind's shape."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UnsupportedMediaType(PayloadError):
+    """The content type is not one the source can read."""
+
+
+class StorageUnavailable(TaskhookError):
+    """The storage backend cannot take or give data right now; the caller may retry."""
+
+
+class NotFound(TaskhookError):
+    """The requested record does not exist."""
+
+
+class RegistryError(TaskhookError):
+    """A handler, event name or plugin is invalid at registration time."""
+
+
+class HandlerError(TaskhookError):
+    """A handler raised while processing an event."""

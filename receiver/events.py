@@ -1,0 +1,59 @@
+"""Typed events: what handlers receive.
+
+An event is a small immutable record: a stable `event_id` (the same fact always gets the same
+id, so re-deriving it on a retry or a replay does not run a handler twice), the `task_id`, the
+`delivery_id` it came from, `occurred_at` and a typed payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+TASK_EVENTS = frozenset(
+    {
+        "task.completed",
+        "task.canceled",
+        "task.errored",
+        "task.audited",
+        "task.recalled",
+        "task.updated",
+        "unique_id.released",
+        "unique_id.conflict",
+    }
+)
+OTHER_EVENTS = frozenset(
+    {
+        "throughput.recorded",
+        "task.reported",
+        "task.processing",
+        "task.reviewing",
+        "task.failed",
+        "task.discarded",
+        "task.filtered",
+    }
+)
+EVENT_NAMES = TASK_EVENTS | OTHER_EVENTS
+
+
+class Event(BaseModel):
+    """One fact about a task, derived from a stored delivery."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    name: str
+    source: str
+    task_id: str | None
+    delivery_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+def event_id(name: str, source: str, task_id: str | None, *parts: str) -> str:
+    """A deterministic id for the fact (`name`, `task_id`, `parts`) from `source`."""
+    digest = hashlib.sha256("\x1f".join((name, source, task_id or "", *parts)).encode()).hexdigest()
+    return "evt_" + digest[:32]

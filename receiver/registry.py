@@ -1,0 +1,118 @@
+"""The handler registry: owned by one app instance, checked at registration.
+
+A handler is any callable taking an `Event` (sync or async). Register it for one event name,
+several, or all of them; add error hooks that see every handler failure. Unknown event names
+are rejected here, when the mistake is made, not when an event arrives.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from receiver.errors import RegistryError
+from receiver.events import EVENT_NAMES, Event
+
+
+class Handler(Protocol):
+    """What a handler is: ``handler(event)``, returning None or an awaitable of None."""
+
+    def __call__(self, event: Event, /) -> Awaitable[None] | None: ...
+
+
+ErrorHook = Callable[[Event, str, BaseException], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredHandler:
+    name: str
+    func: Handler
+    events: frozenset[str] | None  # None: every event
+
+
+def default_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or type(func).__module__
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}:{qualname}"
+
+
+class HandlerRegistry:
+    """Per-app handlers. Names identify handlers in run records, so they must stay stable."""
+
+    def __init__(self, known_events: Iterable[str] = EVENT_NAMES) -> None:
+        self._known = frozenset(known_events)
+        self._handlers: list[RegisteredHandler] = []
+        self._error_hooks: list[ErrorHook] = []
+        self._frozen = False
+
+    @property
+    def event_names(self) -> frozenset[str]:
+        return self._known
+
+    def on(
+        self, events: str | Iterable[str], handler: Handler, *, name: str | None = None
+    ) -> Handler:
+        """Run `handler` for the named event(s). Returns the handler (usable as a decorator)."""
+        wanted = frozenset([events] if isinstance(events, str) else events)
+        if not wanted:
+            raise RegistryError("register for at least one event name (or use on_any)")
+        unknown = sorted(wanted - self._known)
+        if unknown:
+            raise RegistryError(
+                f"unknown event name(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self._known))}"
+            )
+        self._add(RegisteredHandler(self._name(handler, name), handler, wanted))
+        return handler
+
+    def on_any(self, handler: Handler, *, name: str | None = None) -> Handler:
+        """Run `handler` for every event."""
+        self._add(RegisteredHandler(self._name(handler, name), handler, None))
+        return handler
+
+    def on_error(self, hook: ErrorHook) -> ErrorHook:
+        """Call `hook(event, handler_name, exception)` whenever a handler fails."""
+        if not callable(hook):
+            raise RegistryError(f"error hook {hook!r} is not callable")
+        self._check_open()
+        self._error_hooks.append(hook)
+        return hook
+
+    def handlers_for(self, event_name: str) -> list[RegisteredHandler]:
+        """Specific handlers first, then catch-alls, each in registration order."""
+        specific = [h for h in self._handlers if h.events is not None and event_name in h.events]
+        return specific + [h for h in self._handlers if h.events is None]
+
+    @property
+    def handlers(self) -> tuple[RegisteredHandler, ...]:
+        return tuple(self._handlers)
+
+    @property
+    def error_hooks(self) -> tuple[ErrorHook, ...]:
+        return tuple(self._error_hooks)
+
+    def freeze(self) -> None:
+        """Refuse further registration: the set of handlers is fixed once dispatch starts."""
+        self._frozen = True
+
+    def _check_open(self) -> None:
+        if self._frozen:
+            raise RegistryError("handlers must be registered before the app starts")
+
+    def _name(self, handler: Handler, name: str | None) -> str:
+        if not callable(handler):
+            raise RegistryError(f"handler {handler!r} is not callable")
+        if inspect.isclass(handler):
+            raise RegistryError(f"handler {handler!r} is a class; register an instance or function")
+        return name or default_name(handler)
+
+    def _add(self, entry: RegisteredHandler) -> None:
+        self._check_open()
+        if any(h.name == entry.name for h in self._handlers):
+            raise RegistryError(
+                f"a handler named {entry.name!r} is already registered; "
+                "pass name=... to tell them apart"
+            )
+        self._handlers.append(entry)

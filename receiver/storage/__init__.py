@@ -1,0 +1,19 @@
+"""Storage backends behind one interface, chosen by ``database.url``."""
+
+from __future__ import annotations
+
+from receiver.errors import ConfigError
+from receiver.storage.base import CommitObserver, Storage
+
+__all__ = ["CommitObserver", "Storage", "open_storage"]
+
+
+def open_storage(url: str, *, on_commit: CommitObserver | None = None) -> Storage:
+    """An unopened backend for `url` (call ``await storage.open()``)."""
+    if url.startswith("sqlite:"):
+        from receiver.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(url, on_commit=on_commit)
+    raise ConfigError(
+        "only sqlite:/// URLs are supported by this version", where="database.url", key=url
+    )

@@ -1,0 +1,83 @@
+"""The storage interface. The intake and the dispatcher know only this Protocol.
+
+SQLite fills it (`receiver.storage.sqlite`); a PostgreSQL backend fills the same methods.
+Every method raises `StorageUnavailable` when the database cannot answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from receiver.records import (
+    DeliveryOutcome,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryStatus,
+    NewDelivery,
+    StoredEvent,
+    StoreResult,
+)
+
+CommitObserver = Callable[[int, float], None]
+"""Called after each durable commit with (rows in the batch, seconds the commit took)."""
+
+
+class Storage(Protocol):
+    async def open(self) -> None:
+        """Connect and apply schema migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StorageUnavailable` unless the database answers a query."""
+
+    async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
+        """Durably commit `delivery`, or report the first stored delivery it duplicates.
+
+        Returns only after the commit is on disk: the caller acks the sender on return.
+        """
+
+    async def claim_ready(
+        self, *, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[DeliveryRecord]:
+        """Lease up to `limit` deliveries that are due and head their task's queue.
+
+        A delivery is claimable when it is received or failed, due, not leased by anyone
+        else (or its lease expired), and no earlier pending delivery of the same
+        (source, task_id) exists: this is what keeps per-task receipt order.
+        """
+
+    async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
+        """Persist the events derived from a delivery and mark it derived (idempotent)."""
+
+    async def load_events(self, delivery_id: str) -> list[StoredEvent]: ...
+
+    async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """The (event_id, handler) pairs that already ran successfully."""
+
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
+        """Record handler runs and the delivery's new state, and release its lease."""
+
+    async def release_claims(self, owner: str) -> None: ...
+
+    async def backlog(self) -> int:
+        """How many deliveries wait to be processed (received or failed)."""
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    async def list_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> DeliveryPage: ...
+
+    async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
+        """Make a failed, dead or quarantined delivery due again.
+
+        True when requeued, False when its status does not allow it, None when unknown.
+        """

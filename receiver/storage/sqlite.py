@@ -1,0 +1,388 @@
+"""SQLite storage: WAL, ``synchronous=FULL``, every write group-committed by one `Writer`.
+
+Reads (dispatcher polling, operator API) go through an aiosqlite connection, which WAL lets
+run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from receiver.errors import StorageUnavailable
+from receiver.paging import encode_token
+from receiver.records import (
+    DeliveryOutcome,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryStatus,
+    NewDelivery,
+    StoredEvent,
+    StoreResult,
+    new_id,
+)
+from receiver.storage.base import CommitObserver
+from receiver.storage.sqlite_schema import migrate
+from receiver.storage.writer import Writer, connect
+
+_COLUMNS = (
+    "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
+    "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
+    "last_traceback, duplicate_of, replayed, events_derived, processed_at"
+)
+
+_INSERT = (
+    "INSERT INTO deliveries (id, source, kind, received_at, headers, body, content_type, "
+    "dedup_key, sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
+    "replayed, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
+)
+
+_FIND_ORIGINAL = (
+    "SELECT id, status, last_error FROM deliveries "
+    "WHERE source = ? AND dedup_key = ? AND duplicate_of IS NULL"
+)
+
+_INSERT_DUPLICATE = (
+    "INSERT INTO deliveries (id, source, kind, received_at, headers, body, content_type, "
+    "dedup_key, sender_delivery_id, task_id, key_index, key_fingerprint, status, duplicate_of, "
+    "replayed, updated_at) VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,'duplicate',?,?,?)"
+)
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite://:memory:``."""
+    if not url.startswith("sqlite:"):
+        raise ValueError(f"not a sqlite url: {url}")
+    rest = url[len("sqlite:") :]
+    if rest.startswith("///"):
+        return rest[3:]
+    if rest.startswith("//"):
+        return rest[2:]
+    return rest
+
+
+def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
+    headers = orjson.dumps(delivery.headers).decode()
+    cur = conn.execute(
+        _INSERT,
+        (
+            delivery.id,
+            delivery.source,
+            delivery.kind,
+            delivery.received_at,
+            headers,
+            delivery.body,
+            delivery.content_type,
+            delivery.dedup_key,
+            delivery.sender_delivery_id,
+            delivery.task_id,
+            delivery.key_index,
+            delivery.key_fingerprint,
+            delivery.status.value,
+            delivery.error,
+            int(delivery.replayed),
+            delivery.received_at,
+        ),
+    )
+    if cur.rowcount == 1:
+        return StoreResult(
+            delivery.id, duplicate=False, status=delivery.status, error=delivery.error
+        )
+    first_id, first_status, first_error = conn.execute(
+        _FIND_ORIGINAL, (delivery.source, delivery.dedup_key)
+    ).fetchone()
+    conn.execute(
+        _INSERT_DUPLICATE,
+        (
+            delivery.id,
+            delivery.source,
+            delivery.kind,
+            delivery.received_at,
+            headers,
+            delivery.content_type,
+            delivery.dedup_key,
+            delivery.sender_delivery_id,
+            delivery.task_id,
+            delivery.key_index,
+            delivery.key_fingerprint,
+            first_id,
+            int(delivery.replayed),
+            delivery.received_at,
+        ),
+    )
+    return StoreResult(
+        first_id, duplicate=True, status=DeliveryStatus(first_status), error=first_error
+    )
+
+
+def _row_to_record(row: Sequence[Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0],
+        seq=row[1],
+        source=row[2],
+        kind=row[3],
+        received_at=row[4],
+        headers=orjson.loads(row[5]),
+        body=row[6],
+        content_type=row[7],
+        status=DeliveryStatus(row[8]),
+        task_id=row[9],
+        sender_delivery_id=row[10],
+        key_index=row[11],
+        key_fingerprint=row[12],
+        attempts=row[13],
+        next_attempt_at=row[14],
+        last_error=row[15],
+        last_traceback=row[16],
+        duplicate_of=row[17],
+        replayed=bool(row[18]),
+        events_derived=bool(row[19]),
+        processed_at=row[20],
+    )
+
+
+_CLAIM = f"""
+    SELECT {_COLUMNS} FROM deliveries AS d
+    WHERE d.status IN ('received', 'failed')
+      AND d.next_attempt_at <= :now
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries AS e
+          WHERE e.source = d.source AND e.task_id = d.task_id AND e.seq < d.seq
+            AND e.status IN ('received', 'failed'))
+    ORDER BY d.seq
+    LIMIT :limit
+"""
+
+
+def _claim(
+    conn: sqlite3.Connection, *, owner: str, limit: int, now: float, lease_seconds: float
+) -> list[DeliveryRecord]:
+    rows = conn.execute(_CLAIM, {"now": now, "limit": limit}).fetchall()
+    if rows:
+        conn.executemany(
+            "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?",
+            [(owner, now + lease_seconds, row[1]) for row in rows],
+        )
+    return [_row_to_record(row) for row in rows]
+
+
+def _save_events(delivery_id: str, events: Sequence[StoredEvent], conn: sqlite3.Connection) -> None:
+    conn.executemany(
+        "INSERT INTO events (event_id, name, task_id, delivery_id, payload) VALUES (?,?,?,?,?) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
+    )
+    conn.executemany(
+        "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES (?,?,?) "
+        "ON CONFLICT DO NOTHING",
+        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
+    )
+    conn.execute("UPDATE deliveries SET events_derived = 1 WHERE id = ?", (delivery_id,))
+
+
+def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> None:
+    now = time.time()
+    conn.executemany(
+        """
+        INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
+                                  traceback, updated_at)
+        VALUES (?,?,?,?,1,?,?,?)
+        ON CONFLICT (event_id, handler) DO UPDATE SET
+            status = excluded.status, delivery_id = excluded.delivery_id,
+            attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
+            traceback = excluded.traceback, updated_at = excluded.updated_at
+        """,
+        [
+            (
+                r.event_id,
+                r.handler,
+                r.delivery_id,
+                "ok" if r.ok else "failed",
+                r.error,
+                r.traceback,
+                now,
+            )
+            for r in outcome.runs
+        ],
+    )
+    conn.execute(
+        """
+        UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
+               last_traceback = ?, lease_owner = NULL, lease_expires_at = NULL,
+               processed_at = CASE WHEN ? = 'processed' THEN ? ELSE processed_at END,
+               updated_at = ?
+        WHERE id = ? AND (lease_owner IS NULL OR lease_owner = ?)
+        """,
+        (
+            outcome.status.value,
+            outcome.attempts,
+            outcome.next_attempt_at,
+            outcome.error,
+            outcome.traceback,
+            outcome.status.value,
+            now,
+            now,
+            outcome.delivery_id,
+            owner,
+        ),
+    )
+
+
+def _requeue(delivery_id: str, now: float, conn: sqlite3.Connection) -> bool:
+    cur = conn.execute(
+        """
+        UPDATE deliveries SET status = 'received', next_attempt_at = ?, attempts = 0,
+               lease_owner = NULL, lease_expires_at = NULL, events_derived =
+               CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END, updated_at = ?
+        WHERE id = ? AND status IN ('failed', 'dead', 'quarantined')
+        """,
+        (now, now, delivery_id),
+    )
+    return cur.rowcount == 1
+
+
+class SQLiteStorage:
+    """`Storage` over one SQLite file."""
+
+    def __init__(self, url: str, *, on_commit: CommitObserver | None = None) -> None:
+        self.path = sqlite_path(url)
+        self._writer = Writer(self.path, on_commit=on_commit)
+        self._reader: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self._migrate)
+            self._writer.start(asyncio.get_running_loop())
+            self._reader = await aiosqlite.connect(self.path)
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        await self._writer.stop()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        if self._reader is None:
+            raise StorageUnavailable("storage is not open")
+        try:
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"database read failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1")
+
+    async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
+        result: StoreResult = await self._writer.submit(lambda conn: _store(delivery, conn))
+        return result
+
+    async def claim_ready(
+        self, *, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[DeliveryRecord]:
+        return await self._writer.run(
+            lambda conn: _claim(
+                conn, owner=owner, limit=limit, now=now, lease_seconds=lease_seconds
+            )
+        )
+
+    async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
+        await self._writer.run(lambda conn: _save_events(delivery_id, events, conn))
+
+    async def load_events(self, delivery_id: str) -> list[StoredEvent]:
+        rows = await self._read(
+            "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
+            "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
+            "WHERE de.delivery_id = ? ORDER BY de.position",
+            (delivery_id,),
+        )
+        return [StoredEvent(*row) for row in rows]
+
+    async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
+        if not event_ids:
+            return set()
+        marks = ",".join("?" * len(event_ids))
+        rows = await self._read(
+            f"SELECT event_id, handler FROM handler_runs "
+            f"WHERE status = 'ok' AND event_id IN ({marks})",
+            list(event_ids),
+        )
+        return {(row[0], row[1]) for row in rows}
+
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
+        await self._writer.run(lambda conn: _finish(outcome, owner, conn))
+
+    async def release_claims(self, owner: str) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = ?",
+                (owner,),
+            )
+        )
+
+    async def backlog(self) -> int:
+        rows = await self._read(
+            "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+        )
+        return int(rows[0][0])
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
+        return _row_to_record(rows[0]) if rows else None
+
+    async def list_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> DeliveryPage:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("source", source), ("task_id", task_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(str(value))
+        filters = " AND ".join(where) or "1"
+        total = (await self._read(f"SELECT count(*) FROM deliveries WHERE {filters}", params))[0][0]
+        page_where = filters + (" AND seq < ?" if before_seq is not None else "")
+        page_params = [*params, *([before_seq] if before_seq is not None else []), limit + 1]
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
+            page_params,
+        )
+        items = [_row_to_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return DeliveryPage(
+            items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
+        )
+
+    async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
+        changed = await self._writer.run(lambda conn: _requeue(delivery_id, now, conn))
+        if changed:
+            return True
+        return None if await self.get_delivery(delivery_id) is None else False
+
+
+__all__ = ["SQLiteStorage", "new_id", "sqlite_path"]

@@ -1,0 +1,95 @@
+"""Versioned SQLite schema. Migration N brings ``PRAGMA user_version`` from N-1 to N."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: deliveries, their events and handler runs
+    """
+    CREATE TABLE deliveries (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                TEXT NOT NULL UNIQUE,
+        source            TEXT NOT NULL,
+        kind              TEXT NOT NULL,
+        received_at       REAL NOT NULL,
+        headers           TEXT NOT NULL,
+        body              BLOB,
+        content_type      TEXT NOT NULL DEFAULT '',
+        dedup_key         TEXT NOT NULL,
+        sender_delivery_id TEXT,
+        task_id           TEXT,
+        key_index         INTEGER,
+        key_fingerprint   TEXT,
+        status            TEXT NOT NULL,
+        duplicate_of      TEXT,
+        replayed          INTEGER NOT NULL DEFAULT 0,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   REAL NOT NULL DEFAULT 0,
+        lease_owner       TEXT,
+        lease_expires_at  REAL,
+        last_error        TEXT,
+        last_traceback    TEXT,
+        events_derived    INTEGER NOT NULL DEFAULT 0,
+        processed_at      REAL,
+        updated_at        REAL
+    );
+    -- Dedup lives in the database: one original per (source, dedup_key), and duplicates are
+    -- recorded as their own rows pointing at it.
+    CREATE UNIQUE INDEX deliveries_dedup ON deliveries(source, dedup_key)
+        WHERE duplicate_of IS NULL;
+    CREATE INDEX deliveries_pending ON deliveries(seq)
+        WHERE status IN ('received', 'failed');
+    CREATE INDEX deliveries_task ON deliveries(source, task_id, seq)
+        WHERE status IN ('received', 'failed');
+    CREATE INDEX deliveries_status ON deliveries(status, seq);
+    CREATE INDEX deliveries_by_task ON deliveries(task_id, seq);
+    CREATE INDEX deliveries_by_source ON deliveries(source, seq);
+
+    CREATE TABLE events (
+        event_id    TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        task_id     TEXT,
+        delivery_id TEXT NOT NULL,
+        payload     TEXT NOT NULL
+    );
+    -- An event id can come from several deliveries (an audit repeated by later snapshots).
+    CREATE TABLE delivery_events (
+        delivery_id TEXT NOT NULL,
+        position    INTEGER NOT NULL,
+        event_id    TEXT NOT NULL REFERENCES events(event_id),
+        PRIMARY KEY (delivery_id, position)
+    );
+    CREATE TABLE handler_runs (
+        event_id    TEXT NOT NULL,
+        handler     TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 1,
+        last_error  TEXT,
+        traceback   TEXT,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (event_id, handler)
+    );
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations in one exclusive transaction; return the resulting version."""
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            version = number
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version

@@ -1,0 +1,403 @@
+"""Pure checks that a webhook delivery came from the sender it claims to.
+
+Every function here works on the raw body bytes, the request headers, the configured
+secrets and (where time matters) a clock value passed in by the caller. Nothing does I/O,
+reads the clock itself or parses the body, so the same code verifies live traffic, replays
+recorded traffic and runs in benchmarks. Three schemes are supported:
+
+``header-token``
+    The sender puts one fixed shared key in a header (Scale and Refonte style). It proves
+    only that the sender knows the key; the body is not covered.
+
+``hmac-sha256``
+    A header carries HMAC-SHA256 of the raw body keyed by the secret, as hex or base64,
+    optionally prefixed ``sha256=`` (GitHub style). The body is covered, but there is no
+    timestamp, so a captured delivery can be replayed.
+
+``standard-webhooks``
+    Standard Webhooks v1 (https://www.standardwebhooks.com/, the scheme Svix uses): the
+    signature covers the delivery id, a timestamp and the body, and the timestamp must be
+    recent, so captured deliveries cannot be replayed later.
+
+``none`` accepts everything and exists for local development.
+
+Several secrets may be configured for one source so they can be rotated without downtime;
+any of them may match, and :class:`Verified` says which one did, by position and by
+:func:`fingerprint`, never by value. Failures raise :class:`~receiver.errors.VerificationError`
+whose reason is safe to send back to the sender: it names headers, never secrets.
+
+``headers`` mappings must have lower-case keys (callers normalise them); header names given
+by configuration may be in any case.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from receiver.errors import VerificationError
+
+__all__ = [
+    "Scheme",
+    "Verified",
+    "fingerprint",
+    "sign",
+    "sign_header_token",
+    "sign_hmac_sha256",
+    "sign_standard_webhooks",
+    "verify",
+    "verify_header_token",
+    "verify_hmac_sha256",
+    "verify_none",
+    "verify_standard_webhooks",
+]
+
+Scheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
+
+_SHA256_SIZE = hashlib.sha256().digest_size
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# ASCII digits only (int() would also take other scripts' digits, signs and underscores), and
+# bounded so a huge value cannot cost a slow conversion.
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+_SEPARATORS = re.compile(r"[,\s]+")
+_WHSEC_PREFIX = "whsec_"
+_SW_ID = ("webhook-id", "svix-id")
+_SW_TIMESTAMP = ("webhook-timestamp", "svix-timestamp")
+_SW_SIGNATURE = ("webhook-signature", "svix-signature")
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The outcome of a successful check."""
+
+    key_index: int
+    """Position in ``secrets`` of the secret that matched (-1 for scheme ``none``)."""
+    key_fingerprint: str
+    """:func:`fingerprint` of that secret (``""`` for scheme ``none``)."""
+    delivery_id: str | None = None
+    """The sender's delivery id when the scheme has one (Standard Webhooks: ``webhook-id``)."""
+    timestamp: int | None = None
+    """The signed timestamp in unix seconds when the scheme has one."""
+
+
+def fingerprint(secret: str) -> str:
+    """``'sha256:'`` + the first 12 hex chars of sha256(secret as utf-8).
+
+    Identifies a secret in logs and records without revealing it.
+    """
+    return "sha256:" + hashlib.sha256(_utf8(secret)).hexdigest()[:12]
+
+
+# --- verification -----------------------------------------------------------------------
+
+
+def verify_header_token(
+    body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *, header: str
+) -> Verified:
+    """Check a fixed shared key sent in ``header`` against every configured secret."""
+    del body  # a bare token does not cover the body
+    name = _header_name(header)
+    _require_secrets(secrets)
+    value = headers.get(name)
+    if not value:
+        raise VerificationError(f"missing header {name}")
+    presented = _utf8(value)
+    matched = -1
+    # Every secret is compared, with no early exit, so response timing does not tell an
+    # attacker which key (or how many keys) exist. compare_digest only hides timing per call.
+    for index, secret in enumerate(secrets):
+        ok = bool(secret) and hmac.compare_digest(presented, _utf8(secret))
+        if ok and matched < 0:
+            matched = index
+    if matched < 0:
+        raise VerificationError(f"invalid token in header {name}")
+    return Verified(key_index=matched, key_fingerprint=fingerprint(secrets[matched]))
+
+
+def verify_hmac_sha256(
+    body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *, header: str
+) -> Verified:
+    """Check an HMAC-SHA256 of the raw body, keyed by any configured secret.
+
+    ``header`` may hold several signatures separated by commas or spaces; each may be hex
+    (any case) or base64 (standard or urlsafe, padding optional) and may carry a ``sha256=``
+    prefix. Any signature matching any secret passes.
+    """
+    name = _header_name(header)
+    _require_secrets(secrets)
+    value = headers.get(name)
+    if not value:
+        raise VerificationError(f"missing header {name}")
+    presented = [
+        digest
+        for token in _SEPARATORS.split(value)
+        if (digest := _decode_hmac_token(token)) is not None
+    ]
+    if not presented:
+        raise VerificationError(f"malformed signature in header {name}")
+    matched = _match(
+        [_hmac(_utf8(secret), body) if secret else None for secret in secrets], presented
+    )
+    if matched < 0:
+        raise VerificationError(f"invalid signature in header {name}")
+    return Verified(key_index=matched, key_fingerprint=fingerprint(secrets[matched]))
+
+
+def verify_standard_webhooks(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    *,
+    now: float,
+    tolerance_seconds: int = 300,
+    check_timestamp: bool = True,
+) -> Verified:
+    """Check a Standard Webhooks v1 delivery (``svix-*`` header aliases are accepted too).
+
+    The signed content is ``f"{id}.{timestamp}.".encode() + body``. ``webhook-signature`` is a
+    space-separated list of ``v1,<base64>`` entries; other versions are ignored. The timestamp
+    must lie within ``tolerance_seconds`` of ``now`` in either direction unless
+    ``check_timestamp`` is false (replaying recorded traffic), in which case only the
+    signature is checked.
+    """
+    _require_secrets(secrets)
+    msg_id = _first_header(headers, _SW_ID)
+    raw_timestamp = _first_header(headers, _SW_TIMESTAMP)
+    signature_header = _first_header(headers, _SW_SIGNATURE)
+
+    if _TIMESTAMP.fullmatch(raw_timestamp) is None:
+        raise VerificationError("invalid header webhook-timestamp: not an integer")
+    timestamp = int(raw_timestamp)
+    # Freshness first, like the reference libraries: it is cheap and bounds how long a
+    # captured delivery stays replayable.
+    if check_timestamp:
+        if now - timestamp > tolerance_seconds:
+            raise VerificationError("timestamp too old")
+        if timestamp - now > tolerance_seconds:
+            raise VerificationError("timestamp too far in the future")
+
+    presented: list[bytes] = []
+    for entry in signature_header.split():
+        version, sep, encoded = entry.partition(",")
+        # Unknown versions are skipped, not rejected, so a sender can add a future scheme
+        # alongside v1 during a migration.
+        if not sep or version != "v1":
+            continue
+        digest = _b64decode(encoded)
+        if digest is not None and len(digest) == _SHA256_SIZE:
+            presented.append(digest)
+    if not presented:
+        raise VerificationError("no v1 signature in header webhook-signature")
+
+    # The reference libraries sign the parsed timestamp, so "0123" is signed as "123".
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    matched = _match(
+        [_hmac(_standard_webhooks_key(s), content) if s else None for s in secrets], presented
+    )
+    if matched < 0:
+        raise VerificationError("invalid signature in header webhook-signature")
+    return Verified(
+        key_index=matched,
+        key_fingerprint=fingerprint(secrets[matched]),
+        delivery_id=msg_id,
+        timestamp=timestamp,
+    )
+
+
+def verify_none(body: bytes, headers: Mapping[str, str]) -> Verified:
+    """Accept anything; for sources that are trusted by network placement or in development."""
+    del body, headers
+    return Verified(key_index=-1, key_fingerprint="")
+
+
+def verify(
+    scheme: Scheme,
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    *,
+    header: str = "",
+    now: float,
+    tolerance_seconds: int = 300,
+    check_timestamp: bool = True,
+) -> Verified:
+    """Run the check for ``scheme``. ``header`` is required by header-token and hmac-sha256.
+
+    Raises ``ValueError`` for an unknown scheme or a missing header name (configuration
+    mistakes, not sender mistakes) and ``VerificationError`` when the delivery fails.
+    """
+    if scheme == "header-token":
+        return verify_header_token(body, headers, secrets, header=header)
+    if scheme == "hmac-sha256":
+        return verify_hmac_sha256(body, headers, secrets, header=header)
+    if scheme == "standard-webhooks":
+        return verify_standard_webhooks(
+            body,
+            headers,
+            secrets,
+            now=now,
+            tolerance_seconds=tolerance_seconds,
+            check_timestamp=check_timestamp,
+        )
+    if scheme == "none":
+        return verify_none(body, headers)
+    raise ValueError(f"unknown verification scheme {scheme!r}")
+
+
+# --- signing ----------------------------------------------------------------------------
+
+
+def sign_header_token(secret: str, *, header: str) -> dict[str, str]:
+    """The headers a header-token sender would send: ``{header.lower(): secret}``."""
+    return {_header_name(header): secret}
+
+
+def sign_hmac_sha256(
+    body: bytes, secret: str, *, header: str, encoding: str = "hex", prefix: str = "sha256="
+) -> dict[str, str]:
+    """The headers an hmac-sha256 sender would send. ``encoding`` is ``"hex"`` or ``"base64"``."""
+    digest = _hmac(_utf8(secret), body)
+    if encoding == "hex":
+        encoded = digest.hex()
+    elif encoding == "base64":
+        encoded = base64.b64encode(digest).decode("ascii")
+    else:
+        raise ValueError(f"unknown signature encoding {encoding!r}; expected 'hex' or 'base64'")
+    return {_header_name(header): prefix + encoded}
+
+
+def sign_standard_webhooks(
+    body: bytes, secret: str, *, msg_id: str, timestamp: int
+) -> dict[str, str]:
+    """The ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers for ``body``."""
+    if not msg_id:
+        raise ValueError("standard-webhooks signing needs a non-empty msg_id")
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    digest = _hmac(_standard_webhooks_key(secret), content)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
+    }
+
+
+def sign(
+    scheme: Scheme,
+    body: bytes,
+    secret: str,
+    *,
+    header: str = "",
+    msg_id: str = "",
+    timestamp: int = 0,
+) -> dict[str, str]:
+    """The headers a sender using ``scheme`` would add (``{}`` for ``none``).
+
+    hmac-sha256 signs as lower-case hex with the ``sha256=`` prefix.
+    """
+    if scheme == "header-token":
+        return sign_header_token(secret, header=header)
+    if scheme == "hmac-sha256":
+        return sign_hmac_sha256(body, secret, header=header)
+    if scheme == "standard-webhooks":
+        return sign_standard_webhooks(body, secret, msg_id=msg_id, timestamp=timestamp)
+    if scheme == "none":
+        return {}
+    raise ValueError(f"unknown verification scheme {scheme!r}")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a secret read from a badly encoded environment must fail to match,
+    # not crash the request with UnicodeEncodeError.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _header_name(header: str) -> str:
+    name = header.strip().lower()
+    if not name:
+        # A configuration mistake, so not a VerificationError (which would blame the sender).
+        raise ValueError("a header name is required for this scheme")
+    return name
+
+
+def _require_secrets(secrets: Sequence[str]) -> None:
+    # An empty secret would make an empty (or absent) credential match, so it never counts.
+    if not any(secrets):
+        raise VerificationError("no secret configured")
+
+
+def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    raise VerificationError(f"missing header {names[0]}")
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _match(expected: Sequence[bytes | None], presented: Sequence[bytes]) -> int:
+    """Index of the first expected digest equal to any presented one, else -1.
+
+    Every pair is compared, with no early exit, so timing does not reveal which key matched.
+    """
+    matched = -1
+    for index, digest in enumerate(expected):
+        if digest is None:
+            continue
+        hit = False
+        for candidate in presented:
+            hit |= hmac.compare_digest(digest, candidate)
+        if hit and matched < 0:
+            matched = index
+    return matched
+
+
+def _b64decode(text: str, *, urlsafe: bool = True) -> bytes | None:
+    """Decode base64 with optional padding (and the urlsafe alphabet if asked); ``None`` if
+    ``text`` is not base64."""
+    text = text.rstrip("=")
+    if len(text) % 4 == 1:
+        return None
+    if urlsafe:
+        text = text.replace("-", "+").replace("_", "/")
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_hmac_token(token: str) -> bytes | None:
+    if token[:7].lower() == "sha256=":
+        token = token[7:]
+    # Hex first: 64 hex chars are also valid base64 (of 48 bytes), never the other way round.
+    if _HEX_SHA256.fullmatch(token):
+        return bytes.fromhex(token)
+    digest = _b64decode(token) if token else None
+    if digest is None or len(digest) != _SHA256_SIZE:
+        return None
+    return digest
+
+
+def _standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key for a Standard Webhooks secret.
+
+    ``whsec_<base64>`` is the documented form; an unprefixed secret is tried as base64 too
+    because senders' dashboards often show it without the prefix. A secret that is not
+    base64 at all is used as its utf-8 bytes so a plain shared password still works.
+    """
+    encoded = secret.removeprefix(_WHSEC_PREFIX)
+    # Standard alphabet only: a password like "my-pass_word" is meant as text, not urlsafe base64.
+    key = _b64decode(encoded, urlsafe=False) if encoded else None
+    return key if key else _utf8(secret)
