@@ -137,15 +137,21 @@ class Dispatcher:
         self._inflight.discard(task)
         self._wake.set()
 
-    async def drain(self, *, within: float = 10.0) -> None:
-        """Process until nothing is due (tests and `replay` use this instead of sleeping)."""
+    async def drain(self, *, within: float = 10.0, wait_for_retries: bool = True) -> None:
+        """Process until nothing is left to do (tests and `replay` use this, not sleeps).
+
+        With `wait_for_retries`, deliveries waiting out a backoff are waited for too, so the
+        call returns only when every delivery is processed, dead or quarantined.
+        """
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             started = await self.claim_and_start()
             if self._inflight:
                 await asyncio.wait(self._inflight, timeout=max(0.0, deadline - time.monotonic()))
             elif started == 0:
-                return
+                if not wait_for_retries or await self._storage.backlog() == 0:
+                    return
+                await asyncio.sleep(0.01)
         raise TimeoutError("dispatcher did not drain in time")
 
     async def _guarded(self, delivery: DeliveryRecord) -> None:

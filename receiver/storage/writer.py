@@ -30,7 +30,7 @@ _Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 _STOP = object()
 
 
-def connect(path: str, *, timeout: float = 5.0) -> sqlite3.Connection:
+def connect(path: str, *, timeout: float = 2.0) -> sqlite3.Connection:
     """A connection in autocommit mode with the pragmas durability needs."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
