@@ -34,8 +34,10 @@ def resolve(spec: str) -> Plugin:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RegistryError(f"handler plugin {spec!r} cannot be imported: {exc}") from exc
+    except Exception as exc:  # any import-time failure, named after the plugin
+        raise RegistryError(
+            f"handler plugin {spec!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
     if not attr:
         if not hasattr(module, "register"):
             raise RegistryError(f"handler plugin {spec!r} has no register(registry) function")
@@ -79,3 +81,7 @@ def _register(registry: HandlerRegistry, plugin: Plugin, origin: str) -> None:
         plugin(registry)
     except RegistryError as exc:
         raise RegistryError(f"plugin {origin}: {exc}") from exc
+    except Exception as exc:
+        raise RegistryError(
+            f"plugin {origin}: register() failed: {type(exc).__name__}: {exc}"
+        ) from exc
