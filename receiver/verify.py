@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -86,6 +87,7 @@ class Verified:
     """The signed timestamp in unix seconds when the scheme has one."""
 
 
+@functools.lru_cache(maxsize=64)
 def fingerprint(secret: str) -> str:
     """``'sha256:'`` + the first 12 hex chars of sha256(secret as utf-8).
 

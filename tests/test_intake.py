@@ -283,7 +283,7 @@ async def test_real_write_failure_is_503_and_recovers_without_restart(
     # Hold the SQLite write lock from another connection: the writer's transaction cannot
     # begin, exactly as when the database is unavailable; release it and writes resume.
     writer = app.storage._writer  # type: ignore[attr-defined]
-    await writer.run(lambda c: c.execute("PRAGMA busy_timeout=200"))  # fail fast in this test
+    writer.lock_timeout = 0.2  # fail fast in this test
     blocker = sqlite3.connect(db_path, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -351,4 +351,26 @@ async def test_verify_none_accepts_anything(build_app: AppFactory) -> None:
     app = build_app(sources={"open": {"kind": "refonte", "verify": "none"}})
     async with app.started(), client_for(app) as client:
         response = await client.post("/callbacks/open", content=COMPLETED)
+    assert response.status_code == 200
+
+
+async def test_one_failing_op_does_not_sink_its_batch_or_the_writer(app: TaskhookApp) -> None:
+    writer = app.storage._writer  # type: ignore[attr-defined]
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO events (event_id, name, delivery_id, payload) VALUES "
+            "('e1', 'n', 'd', '{}')"
+        )
+        raise RuntimeError("bug in an op")
+
+    bad = writer.submit(broken)
+    good = writer.submit(lambda conn: conn.execute("SELECT 1").fetchone()[0])
+    assert await good == 1
+    with pytest.raises(RuntimeError):
+        await bad
+    # The failed op's own write was rolled back; the writer keeps working.
+    assert await writer.run(lambda c: c.execute("SELECT count(*) FROM events").fetchone()[0]) == 0
+    async with client_for(app) as client:
+        response = await client.post("/callbacks/refonte", content=COMPLETED, headers=signed())
     assert response.status_code == 200

@@ -292,7 +292,10 @@ class SQLiteStorage:
         await self._read("SELECT 1")
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
-        result: StoreResult = await self._writer.submit(lambda conn: _store(delivery, conn))
+        # Not isolated: _store only fails as the database fails, which fails the batch anyway.
+        result: StoreResult = await self._writer.submit(
+            lambda conn: _store(delivery, conn), isolated=False
+        )
         return result
 
     async def claim_ready(

@@ -44,7 +44,6 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE status IN ('received', 'failed');
     CREATE INDEX deliveries_status ON deliveries(status, seq);
     CREATE INDEX deliveries_by_task ON deliveries(task_id, seq);
-    CREATE INDEX deliveries_by_source ON deliveries(source, seq);
 
     CREATE TABLE events (
         event_id    TEXT PRIMARY KEY,

@@ -1,33 +1,34 @@
-"""One SQLite writer thread with group commit.
+"""One SQLite write connection with group commit, driven from the event loop.
 
-Every write of the process goes through one connection owned by one thread. Callers on the
-event loop submit a small function (`Op`); the thread takes everything queued, runs each op in
-its own SAVEPOINT inside one transaction, commits once (one fsync for the whole batch under
-``synchronous=FULL``), then wakes all the callers with a single ``call_soon_threadsafe``.
+Every write of the process goes through one connection. Callers submit a small function
+(`Op`) and await its future. A flusher task takes everything queued, runs each op in its own
+SAVEPOINT inside one transaction *on the event-loop thread*, then hands only the COMMIT (the
+fsync, under ``synchronous=FULL``) to a helper thread, and wakes every caller of the batch when
+it returns. Requests arriving during the fsync queue up and form the next batch.
 
-Why not aiosqlite for writes: each awaited aiosqlite call is a thread hop (~100 µs here),
-paid per request. Here the hop is paid per batch, which is what lets a durable commit per
-delivery cost little more than no database at all (see shared/PERF-NOTES.md).
+Why this shape: each awaited aiosqlite call is a thread hop (~100 µs here), and a writer
+*thread* running the statements fights the event loop for the GIL on every SQLite call. Here
+the statements are a few microseconds of work on the thread that already holds the GIL, and
+the one thread hop per batch is the fsync, during which the GIL is released. The write lock is
+taken with ``busy_timeout=0`` and retried with async sleeps, so another process holding the
+database never blocks the event loop (see shared/PERF-NOTES.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from receiver.errors import StorageUnavailable
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-_Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
-
-_STOP = object()
+_Item = tuple[Op, "asyncio.Future[Any]", bool]
 
 
 def connect(path: str, *, timeout: float = 2.0) -> sqlite3.Connection:
@@ -37,6 +38,10 @@ def connect(path: str, *, timeout: float = 2.0) -> sqlite3.Connection:
     # FULL: a commit survives power loss, not only a killed process. Group commit makes it cheap.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Statement and savepoint journals in memory, not in temp files (measured: half the
+    # per-insert cost); a larger page cache keeps index pages of a big table resident.
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return conn
 
@@ -48,116 +53,143 @@ class Writer:
         self,
         path: str,
         *,
-        max_batch: int = 512,
+        max_batch: int = 1024,
+        lock_timeout: float = 2.0,
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._path = path
         self._max_batch = max_batch
+        self.lock_timeout = lock_timeout
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[_Item] = []
+        self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._open_error: BaseException | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = connect(self._path)
+            conn.execute("PRAGMA busy_timeout=0")  # never block the event loop on a lock
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot open {self._path}: {exc}") from exc
+        self._conn = conn
         self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run, name="taskhook-sqlite-writer", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait()
-        if self._open_error is not None:
-            raise StorageUnavailable(f"cannot open {self._path}: {self._open_error}")
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="taskhook-sqlite-commit")
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._flusher(), name="taskhook-sqlite-writer")
 
     async def stop(self) -> None:
-        if self._thread is None:
+        """Commit what is queued, then close."""
+        if self._task is None or self._wake is None:
             return
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        self._stopping = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        """Queue `op`; the future resolves after the transaction holding it has committed."""
-        if self._loop is None or self._thread is None:
+    def submit(self, op: Op, *, isolated: bool = True) -> asyncio.Future[Any]:
+        """Queue `op`; the future resolves after the transaction holding it has committed.
+
+        `isolated` ops run in their own SAVEPOINT so their failure cannot sink the batch;
+        an op that cannot fail halfway (the intake's insert) may skip it on the hot path.
+        """
+        if self._loop is None or self._wake is None or self._stopping:
             raise StorageUnavailable("storage is not open")
         fut = self._loop.create_future()
-        self._queue.put((op, fut))
+        self._pending.append((op, fut, isolated))
+        self._wake.set()
         return fut
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self.submit(op)
         return result
 
-    def _run(self) -> None:
-        try:
-            conn = connect(self._path)
-        except BaseException as exc:
-            self._open_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            while True:
-                first = self._queue.get()
-                batch: list[Any] = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = any(item is _STOP for item in batch)
-                work = [item for item in batch if item is not _STOP]
-                if work:
-                    self._settle(self._execute(conn, work))
-                if stop:
-                    return
-        finally:
-            conn.close()
+    async def _flusher(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._execute(batch)
+            if self._stopping:
+                return
 
-    def _execute(self, conn: sqlite3.Connection, work: list[Any]) -> _Settled:
-        started = time.perf_counter()
-        settled: _Settled = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, fut in work:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except sqlite3.OperationalError:
-                    # The database itself failed (disk full, I/O error): fail the whole batch.
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                except Exception as exc:
-                    # One op's own error (a bug, a constraint) must not sink its neighbours.
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    settled.append((fut, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    settled.append((fut, result, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            error = StorageUnavailable(f"database write failed: {exc}")
-            return [(fut, None, error) for _, fut in work]
-        if self._on_commit is not None:
-            self._on_commit(len(work), time.perf_counter() - started)
-        return settled
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
-    def _settle(self, settled: _Settled) -> None:
+    async def _execute(self, batch: list[_Item]) -> None:
+        conn = self._conn
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, settled)
-
-
-def _resolve(settled: _Settled) -> None:
-    for fut, result, exc in settled:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+        assert conn is not None and loop is not None
+        started = time.perf_counter()
+        settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        committed = False
+        try:
+            await self._begin(conn)
+            try:
+                for op, fut, isolated in batch:
+                    if not isolated:
+                        settled.append((fut, op(conn), None))
+                        continue
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        result = op(conn)
+                    except sqlite3.OperationalError:
+                        raise  # the database itself failed (disk full, I/O): fail the batch
+                    except Exception as exc:
+                        # One op's own error (a bug, a constraint) must not sink its neighbours.
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        settled.append((fut, None, exc))
+                    else:
+                        conn.execute("RELEASE op")
+                        settled.append((fut, result, None))
+                # The fsync happens here, off the event loop; the GIL is released meanwhile.
+                await loop.run_in_executor(self._executor, conn.execute, "COMMIT")
+                committed = True
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            # The whole batch rolled back: every caller learns it; the flusher lives on.
+            error: BaseException = (
+                StorageUnavailable(f"database write failed: {exc}")
+                if isinstance(exc, sqlite3.Error)
+                else exc
+            )
+            settled = [(fut, None, error) for _, fut, _ in batch]
+        if committed and self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - started)
+        for fut, result, failure in settled:
+            if fut.done():
+                continue
+            if failure is not None:
+                fut.set_exception(failure)
+            else:
+                fut.set_result(result)
