@@ -65,6 +65,12 @@ def serving(cwd: Path, *args: str, env: dict[str, str]) -> Iterator[tuple[str, P
                 raise
 
 
+def run_cli(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TASKHOOK, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
 def wait_for(path: Path, text: str, within: float = 10.0) -> str:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -94,14 +100,7 @@ def test_readme_quickstart_flow(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_without_a_secret(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*TASKHOOK, "serve", "--port", str(free_port())],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli(tmp_path, "serve", "--port", str(free_port()), env=clean_env())
     assert done.returncode == 2
     assert "TASKHOOK_REFONTE_SECRET" in done.stderr
     assert "--insecure-dev" in done.stderr
@@ -117,14 +116,7 @@ def test_insecure_dev_accepts_anything_and_says_so(tmp_path: Path) -> None:
 def test_a_bad_config_stops_start_up_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[sources.refonte]\nkind = "refonte"\n')
-    done = subprocess.run(
-        [*TASKHOOK, "serve", "--config", str(config)],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli(tmp_path, "serve", "--config", str(config), env=clean_env())
     assert done.returncode == 2
     assert str(config) in done.stderr
     assert "sources.refonte.verify" in done.stderr
@@ -136,27 +128,13 @@ def test_a_config_file_with_a_plugin_that_does_not_exist(tmp_path: Path) -> None
         'handlers = ["no_such_pkg.handlers"]\n'
         '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
     )
-    done = subprocess.run(
-        [*TASKHOOK, "serve"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli(tmp_path, "serve", env=clean_env())
     assert done.returncode == 2
     assert "no_such_pkg.handlers" in done.stderr
 
 
 def test_migrate(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*TASKHOOK, "migrate"],
-        cwd=tmp_path,
-        env=clean_env(TASKHOOK_REFONTE_SECRET="x"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli(tmp_path, "migrate", env=clean_env(TASKHOOK_REFONTE_SECRET="x"))
     assert done.returncode == 0, done.stderr
     assert "schema up to date" in done.stdout
     assert (tmp_path / "taskhook.db").exists()

@@ -37,22 +37,22 @@ _COLUMNS = (
     "last_traceback, duplicate_of, replayed, events_derived, processed_at"
 )
 
+_INSERT_COLUMNS = (
+    "id, source, kind, received_at, headers, body, content_type, dedup_key, "
+    "sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
+    "duplicate_of, replayed, updated_at"
+)
 _INSERT = (
-    "INSERT INTO deliveries (id, source, kind, received_at, headers, body, content_type, "
-    "dedup_key, sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
-    "replayed, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
+)
+_INSERT_DUPLICATE = (
+    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _FIND_ORIGINAL = (
     "SELECT id, status, last_error FROM deliveries "
     "WHERE source = ? AND dedup_key = ? AND duplicate_of IS NULL"
-)
-
-_INSERT_DUPLICATE = (
-    "INSERT INTO deliveries (id, source, kind, received_at, headers, body, content_type, "
-    "dedup_key, sender_delivery_id, task_id, key_index, key_fingerprint, status, duplicate_of, "
-    "replayed, updated_at) VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,'duplicate',?,?,?)"
 )
 
 
@@ -68,29 +68,24 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
+def _insert_params(
+    d: NewDelivery, headers: str, *, duplicate_of: str | None = None
+) -> tuple[Any, ...]:
+    # A duplicate receipt keeps its own headers and time, not a second copy of the body.
+    return (
+        d.id, d.source, d.kind, d.received_at, headers,
+        None if duplicate_of else d.body,
+        d.content_type, d.dedup_key, d.sender_delivery_id, d.task_id, d.key_index,
+        d.key_fingerprint,
+        DeliveryStatus.DUPLICATE.value if duplicate_of else d.status.value,
+        None if duplicate_of else d.error,
+        duplicate_of, int(d.replayed), d.received_at,
+    )  # fmt: skip
+
+
 def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
     headers = orjson.dumps(delivery.headers).decode()
-    cur = conn.execute(
-        _INSERT,
-        (
-            delivery.id,
-            delivery.source,
-            delivery.kind,
-            delivery.received_at,
-            headers,
-            delivery.body,
-            delivery.content_type,
-            delivery.dedup_key,
-            delivery.sender_delivery_id,
-            delivery.task_id,
-            delivery.key_index,
-            delivery.key_fingerprint,
-            delivery.status.value,
-            delivery.error,
-            int(delivery.replayed),
-            delivery.received_at,
-        ),
-    )
+    cur = conn.execute(_INSERT, _insert_params(delivery, headers))
     if cur.rowcount == 1:
         return StoreResult(
             delivery.id, duplicate=False, status=delivery.status, error=delivery.error
@@ -98,25 +93,7 @@ def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
     first_id, first_status, first_error = conn.execute(
         _FIND_ORIGINAL, (delivery.source, delivery.dedup_key)
     ).fetchone()
-    conn.execute(
-        _INSERT_DUPLICATE,
-        (
-            delivery.id,
-            delivery.source,
-            delivery.kind,
-            delivery.received_at,
-            headers,
-            delivery.content_type,
-            delivery.dedup_key,
-            delivery.sender_delivery_id,
-            delivery.task_id,
-            delivery.key_index,
-            delivery.key_fingerprint,
-            first_id,
-            int(delivery.replayed),
-            delivery.received_at,
-        ),
-    )
+    conn.execute(_INSERT_DUPLICATE, _insert_params(delivery, headers, duplicate_of=first_id))
     return StoreResult(
         first_id, duplicate=True, status=DeliveryStatus(first_status), error=first_error
     )
