@@ -154,7 +154,11 @@ class Intake:
             await send_json(send, status, body, ((b"allow", b"POST"),))
             return
         structlog.contextvars.bind_contextvars(source=name)
-        status, body = await self._handle(source, scope, receive)
+        try:
+            status, body = await self._handle(source, scope, receive)
+        except ClientGone:
+            log.info("client disconnected before sending its whole body; nothing stored")
+            return
         await send_json(send, status, body, ((b"retry-after", b"5"),) if status == 503 else ())
 
     async def _handle(
@@ -173,8 +177,6 @@ class Intake:
             body = await read_body(receive, limit)
         except BodyTooLarge:
             return self._refuse_large(source, limit)
-        except ClientGone:
-            return 400, b""  # nobody is listening; nothing was verified or stored
 
         now = self._clock()
         try:

@@ -374,3 +374,31 @@ async def test_one_failing_op_does_not_sink_its_batch_or_the_writer(app: Taskhoo
     async with client_for(app) as client:
         response = await client.post("/callbacks/refonte", content=COMPLETED, headers=signed())
     assert response.status_code == 200
+
+
+async def test_a_client_that_disconnects_mid_body_gets_no_answer_and_stores_nothing(
+    app: TaskhookApp, db_path: Path
+) -> None:
+    messages = iter(
+        [
+            {"type": "http.request", "body": COMPLETED[:100], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/callbacks/refonte",
+        "headers": [(b"refonte-callback-auth", SECRET.encode())],
+    }
+    await app(scope, receive, send)
+    assert sent == []
+    assert rows(db_path) == []
