@@ -1,0 +1,1 @@
+"""The built-in task ledger for Refonte-style sources: the rules (`rules`) as pure functions."""
