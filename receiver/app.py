@@ -49,15 +49,15 @@ class TaskhookApp:
         self.clock = clock
         self.metrics = Metrics()
         self.keys = KeyRing(settings.api.keys)
-        self.registry = HandlerRegistry()
+        self.storage = storage or open_storage(
+            settings.database.url, on_commit=self.metrics.observe_commit
+        )
+        self.registry = HandlerRegistry(storage=self.storage, keys=self.keys)
         self.plugins = load_plugins(
             self.registry, specs=settings.handlers, use_entry_points=settings.entry_points
         )
         if setup is not None:
             setup(self.registry)
-        self.storage = storage or open_storage(
-            settings.database.url, on_commit=self.metrics.observe_commit
-        )
         self.sources = {
             name: SourceRuntime.build(name, src, adapter_for(src.kind))
             for name, src in settings.sources.items()
@@ -77,7 +77,9 @@ class TaskhookApp:
             on_stored=self.dispatcher.notify,
             clock=clock,
         )
-        self.http = Starlette(routes=build_routes(self), lifespan=self._lifespan)
+        self.http = Starlette(
+            routes=[*build_routes(self), *self.registry.routes], lifespan=self._lifespan
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -90,6 +92,8 @@ class TaskhookApp:
     async def startup(self) -> None:
         await self.storage.open()
         self.registry.freeze()
+        for hook in self.registry.startup_hooks:
+            await hook()
         if self.settings.insecure_dev:
             log.warning(
                 "INSECURE DEV MODE: sources with verify = 'none' accept ANY request from anyone; "

@@ -207,10 +207,15 @@ class Dispatcher:
         if delivery.events_derived:
             stored = await self._storage.load_events(delivery.id)
             return [Event.model_validate_json(s.payload_json) for s in stored]
-        adapter = self._adapters.get(delivery.source)
-        if adapter is None:
-            raise PayloadError(f"source {delivery.source!r} is no longer configured")
-        events = adapter.events(delivery.source, delivery)
+        interpreter = self._registry.interpreter_for(delivery.kind)
+        if interpreter is not None:
+            events = await interpreter(delivery)
+        else:
+            adapter = self._adapters.get(delivery.source)
+            if adapter is None:
+                raise PayloadError(f"source {delivery.source!r} is no longer configured")
+            events = adapter.events(delivery.source, delivery)
+        # Idempotent: an interpreter has already saved these with its own state.
         await self._storage.save_events(
             delivery.id,
             [

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from receiver.errors import RegistryError
 from receiver.events import EVENT_NAMES, Event
+from receiver.records import DeliveryRecord
 
 
 class Handler(Protocol):
@@ -23,6 +24,10 @@ class Handler(Protocol):
 
 
 ErrorHook = Callable[[Event, str, BaseException], Awaitable[None] | None]
+Interpreter = Callable[[DeliveryRecord], Awaitable[list[Event]]]
+"""Turns a stored delivery of one source kind into events using state (a ledger). It must
+persist the events it returns atomically with that state, since it runs once per delivery."""
+StartupHook = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +46,55 @@ def default_name(func: Callable[..., Any]) -> str:
 class HandlerRegistry:
     """Per-app handlers. Names identify handlers in run records, so they must stay stable."""
 
-    def __init__(self, known_events: Iterable[str] = EVENT_NAMES) -> None:
+    def __init__(
+        self,
+        known_events: Iterable[str] = EVENT_NAMES,
+        *,
+        storage: Any = None,
+        keys: Any = None,
+    ) -> None:
         self._known = frozenset(known_events)
         self._handlers: list[RegisteredHandler] = []
         self._error_hooks: list[ErrorHook] = []
+        self._interpreters: dict[str, Interpreter] = {}
+        self._routes: list[Any] = []
+        self._startup: list[StartupHook] = []
         self._frozen = False
+        #: The app's storage backend and API key ring, for plugins that keep state or serve
+        #: routes (the built-in ledger does both). None when the registry stands alone.
+        self.storage = storage
+        self.keys = keys
+
+    def interpret(self, kind: str, interpreter: Interpreter) -> Interpreter:
+        """Derive the events of `kind` deliveries with `interpreter` instead of the source's
+        stateless adapter. One interpreter per source kind."""
+        self._check_open()
+        if kind in self._interpreters:
+            raise RegistryError(f"source kind {kind!r} already has an interpreter")
+        self._interpreters[kind] = interpreter
+        return interpreter
+
+    def interpreter_for(self, kind: str) -> Interpreter | None:
+        return self._interpreters.get(kind)
+
+    def add_routes(self, routes: Iterable[Any]) -> None:
+        """Serve these Starlette routes from the app (a plugin's own HTTP API)."""
+        self._check_open()
+        self._routes.extend(routes)
+
+    @property
+    def routes(self) -> tuple[Any, ...]:
+        return tuple(self._routes)
+
+    def on_startup(self, hook: StartupHook) -> StartupHook:
+        """Await `hook()` once storage is open, before dispatch starts (schema, caches)."""
+        self._check_open()
+        self._startup.append(hook)
+        return hook
+
+    @property
+    def startup_hooks(self) -> tuple[StartupHook, ...]:
+        return tuple(self._startup)
 
     @property
     def event_names(self) -> frozenset[str]:

@@ -36,6 +36,7 @@ from receiver.events import EVENT_NAMES, Event
 from receiver.plugins import ENTRY_POINT_GROUP, discovered, load_plugins, resolve
 from receiver.records import DeliveryRecord, DeliveryStatus
 from receiver.registry import HandlerRegistry, default_name
+from receiver.storage.sqlite import SQLiteStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "refonte"
@@ -471,11 +472,14 @@ def test_builtin_log_entry_point_is_discovered() -> None:
     assert discovered("taskhook.no-such-group") == []
 
 
-def test_entry_points_load_before_config_specs(make_module: PluginFactory) -> None:
+def test_entry_points_load_before_config_specs(
+    make_module: PluginFactory, tmp_path: Path
+) -> None:
     module = make_module(REGISTER_MODULE)
-    registry = HandlerRegistry()
+    # The built-in ledger keeps state in the app's database, so it needs a storage backend.
+    registry = HandlerRegistry(storage=SQLiteStorage(f"sqlite:///{tmp_path / 'x.db'}"))
     loaded = load_plugins(registry, specs=[module], use_entry_points=True)
-    assert loaded[0] == "entry-point:log"
+    assert loaded[:2] == ["entry-point:ledger", "entry-point:log"]
     assert loaded[-1] == module
     assert names(registry)[0] == "builtin.log"
     assert names(registry)[-1] == "from-register"
@@ -692,7 +696,7 @@ async def test_user_installs_example_and_it_posts_to_slack(
             environ={},
         )
     )
-    assert app.plugins == ["entry-point:log", "entry-point:slack_notify"]
+    assert app.plugins == ["entry-point:ledger", "entry-point:log", "entry-point:slack_notify"]
     assert names(app.registry) == ["builtin.log", PLUGIN_HANDLER]
     assert [h.name for h in app.registry.handlers_for("task.completed")] == [
         PLUGIN_HANDLER,

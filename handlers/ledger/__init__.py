@@ -1,1 +1,33 @@
-"""The built-in task ledger for Refonte-style sources: the rules (`rules`) as pure functions."""
+"""The built-in task ledger for Refonte-style sources.
+
+Registered through the ``taskhook.handlers`` entry-point seam like any plugin: it becomes the
+interpreter of ``refonte`` deliveries (each snapshot is applied to the ledger, and the events
+handlers receive are what it meant: `rules`), keeps its tables in the app's database
+(`store`), and serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`).
+"""
+
+from __future__ import annotations
+
+from handlers.ledger.api import build_routes
+from handlers.ledger.store import apply_delivery, create_schema
+from receiver.errors import RegistryError
+from receiver.events import Event
+from receiver.records import DeliveryRecord
+from receiver.registry import HandlerRegistry
+
+
+def register(registry: HandlerRegistry) -> None:
+    storage = registry.storage
+    if storage is None or not hasattr(storage, "transact"):
+        raise RegistryError("the ledger needs the app's SQL storage backend")
+
+    async def create() -> None:
+        await storage.transact(create_schema)
+
+    async def interpret(delivery: DeliveryRecord) -> list[Event]:
+        events: list[Event] = await storage.transact(lambda conn: apply_delivery(conn, delivery))
+        return events
+
+    registry.on_startup(create)
+    registry.interpret("refonte", interpret)
+    registry.add_routes(build_routes(storage.query, registry.keys))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -30,6 +30,8 @@ from receiver.records import (
 from receiver.storage.base import CommitObserver
 from receiver.storage.sqlite_schema import migrate
 from receiver.storage.writer import Writer, connect
+
+T = TypeVar("T")
 
 _COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
@@ -151,7 +153,10 @@ def _claim(
     return [_row_to_record(row) for row in rows]
 
 
-def _save_events(delivery_id: str, events: Sequence[StoredEvent], conn: sqlite3.Connection) -> None:
+def save_events_in(
+    conn: sqlite3.Connection, delivery_id: str, events: Sequence[StoredEvent]
+) -> None:
+    """Persist a delivery's events inside the caller's transaction (plugins' state ops)."""
     conn.executemany(
         "INSERT INTO events (event_id, name, task_id, delivery_id, payload) VALUES (?,?,?,?,?) "
         "ON CONFLICT (event_id) DO NOTHING",
@@ -265,6 +270,14 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"database read failed: {exc}") from exc
 
+    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` inside a group-committed write transaction (for plugins' own tables)."""
+        return await self._writer.run(op)
+
+    async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        """Rows of a read-only query on the reader connection."""
+        return await self._read(sql, params)
+
     async def ping(self) -> None:
         await self._read("SELECT 1")
 
@@ -285,7 +298,7 @@ class SQLiteStorage:
         )
 
     async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
-        await self._writer.run(lambda conn: _save_events(delivery_id, events, conn))
+        await self._writer.run(lambda conn: save_events_in(conn, delivery_id, events))
 
     async def load_events(self, delivery_id: str) -> list[StoredEvent]:
         rows = await self._read(

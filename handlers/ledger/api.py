@@ -1,0 +1,175 @@
+"""``GET /v1/task/{task_id}`` and ``GET /v1/tasks``: the ledger, read through keyset pages."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from handlers.ledger.store import iso
+from receiver.auth import Denied, KeyRing
+
+Query = Callable[[str, list[Any]], Awaitable[list[Any]]]
+
+# Filter parameter -> SQL column on ledger_tasks (tag is served by ledger_task_tags).
+COLUMN_FILTERS = {
+    "status": "status",
+    "type": "type",
+    "project": "project",
+    "batch": "batch",
+    "unique_id": "unique_id",
+    "customer_review_status": "customer_review_status",
+}
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def encode_token(created_at: str, task_id: str) -> str:
+    raw = orjson.dumps([created_at, task_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[str, str]:
+    try:
+        created_at, task_id = orjson.loads(
+            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        )
+        return str(created_at), str(task_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadQuery("next_token is not valid") from None
+
+
+def _time(name: str, value: str) -> str:
+    try:
+        return iso(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise BadQuery(f"{name} must be an ISO 8601 date or datetime") from None
+
+
+def task_view(row: tuple[Any, ...]) -> dict[str, Any]:
+    task_json, status, unique_id, review, response = row
+    task: dict[str, Any] = orjson.loads(task_json)
+    task["status"] = status
+    task["response"] = orjson.loads(response) if response is not None else None
+    if unique_id is None:
+        task.pop("unique_id", None)  # released or never bound here
+    else:
+        task["unique_id"] = unique_id
+    if review is not None:
+        task["customer_review_status"] = review
+    return task
+
+
+_VIEW = "t.task, t.status, t.unique_id, t.customer_review_status, t.response"
+
+
+def build_query(params: dict[str, str]) -> tuple[str, str, list[Any], int]:
+    """(FROM/WHERE for the page, FROM/WHERE for the total, arguments, limit)."""
+    try:
+        limit = int(params.get("limit", "100"))
+    except ValueError:
+        raise BadQuery("limit must be an integer from 1 to 100") from None
+    if not 1 <= limit <= 100:
+        raise BadQuery("limit must be an integer from 1 to 100")
+    where: list[str] = []
+    args: list[Any] = []
+    source = "ledger_tasks AS t"
+    if "tag" in params:
+        source = "ledger_task_tags AS g JOIN ledger_tasks AS t ON t.task_id = g.task_id"
+        where.append("g.tag = ?")
+        args.append(params["tag"])
+    for name, column in COLUMN_FILTERS.items():
+        if name in params:
+            where.append(f"t.{column} = ?")
+            args.append(params[name])
+    created = "g.created_at" if "tag" in params else "t.created_at"
+    if "start_time" in params:
+        where.append(f"{created} >= ?")
+        args.append(_time("start_time", params["start_time"]))
+    if "end_time" in params:
+        where.append(f"{created} <= ?")
+        args.append(_time("end_time", params["end_time"]))
+    if "updated_after" in params:
+        where.append("t.updated_at > ?")
+        args.append(_time("updated_after", params["updated_after"]))
+    return source, " AND ".join(where) or "1", args, limit
+
+
+def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
+    def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
+        async def wrapper(request: Request) -> Response:
+            if keys is None:
+                return JSONResponse({"error": "no API keys configured"}, status_code=401)
+            who = keys.authorize(request.headers.get("authorization"), "tasks.read")
+            if isinstance(who, Denied):
+                return JSONResponse({"error": who.reason}, status_code=who.status)
+            try:
+                return await endpoint(request)
+            except BadQuery as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+
+        return wrapper
+
+    async def show(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        rows = await query(f"SELECT {_VIEW} FROM ledger_tasks AS t WHERE t.task_id = ?", [task_id])
+        if not rows:
+            return JSONResponse({"error": "no such task", "task_id": task_id}, status_code=404)
+        history = await query(
+            "SELECT kind, name, event_id, delivery_id, detail, at FROM ledger_history "
+            "WHERE task_id = ? ORDER BY seq",
+            [task_id],
+        )
+        task = task_view(tuple(rows[0]))
+        task["history"] = [
+            {
+                "kind": kind,
+                **({"event": name, "event_id": event} if kind == "event" else {}),
+                "delivery_id": delivery_id,
+                "at": iso(datetime.fromtimestamp(at).astimezone()),
+                "detail": orjson.loads(detail),
+            }
+            for kind, name, event, delivery_id, detail, at in history
+        ]
+        return JSONResponse(task)
+
+    async def listing(request: Request) -> Response:
+        params = dict(request.query_params)
+        source, where, args, limit = build_query(params)
+        created = "g.created_at" if "tag" in params else "t.created_at"
+        total = (await query(f"SELECT count(*) FROM {source} WHERE {where}", args))[0][0]
+        page_where, page_args = where, list(args)
+        if token := params.get("next_token"):
+            after_created, after_id = decode_token(token)
+            # Newest first: the next page continues strictly below the last row seen.
+            page_where += f" AND ({created} < ? OR ({created} = ? AND t.task_id < ?))"
+            page_args += [after_created, after_created, after_id]
+        rows = await query(
+            f"SELECT {_VIEW}, {created}, t.task_id FROM {source} WHERE {page_where} "
+            f"ORDER BY {created} DESC, t.task_id DESC LIMIT ?",
+            [*page_args, limit + 1],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JSONResponse(
+            {
+                "docs": [task_view(tuple(r[:5])) for r in rows],
+                "total": total,
+                "limit": limit,
+                "has_more": more,
+                "next_token": encode_token(rows[-1][5], rows[-1][6]) if more else None,
+            }
+        )
+
+    return [
+        Route("/v1/task/{task_id}", guarded(show), methods=["GET"]),
+        Route("/v1/tasks", guarded(listing), methods=["GET"]),
+    ]
