@@ -472,9 +472,7 @@ def test_builtin_log_entry_point_is_discovered() -> None:
     assert discovered("taskhook.no-such-group") == []
 
 
-def test_entry_points_load_before_config_specs(
-    make_module: PluginFactory, tmp_path: Path
-) -> None:
+def test_entry_points_load_before_config_specs(make_module: PluginFactory, tmp_path: Path) -> None:
     module = make_module(REGISTER_MODULE)
     # The built-in ledger keeps state in the app's database, so it needs a storage backend.
     registry = HandlerRegistry(storage=SQLiteStorage(f"sqlite:///{tmp_path / 'x.db'}"))

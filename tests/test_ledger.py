@@ -1,0 +1,215 @@
+"""The ledger end to end: deliveries over HTTP → dispatch → ledger → /v1/task(s)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.app import TaskhookApp
+from receiver.events import Event
+from tests.conftest import READ_KEY, AppFactory, client_for, ops, sample, sample_json, signed
+
+READ = {"authorization": f"Bearer {READ_KEY}"}
+LIFECYCLE_ID = "65f0c0de0000000000000001"
+
+
+def ledger_app(build_app: AppFactory, seen: list[Event] | None = None) -> TaskhookApp:
+    def setup(registry: Any) -> None:
+        if seen is not None:
+            registry.on_any(seen.append, name="collect")
+
+    return build_app(setup=setup, handlers=["handlers.ledger"])
+
+
+async def post(client: httpx.AsyncClient, body: bytes) -> str:
+    response = await client.post("/callbacks/refonte", content=body, headers=signed())
+    assert response.status_code == 200, response.text
+    delivery_id: str = response.json()["delivery_id"]
+    return delivery_id
+
+
+def body(name: str, **task: Any) -> bytes:
+    doc = sample_json(name)
+    doc["task"].update(task)
+    for key in ("status", "task_id"):
+        if key in task:
+            doc[key] = task[key]
+    return json.dumps(doc).encode()
+
+
+async def test_lifecycle_with_duplicates_and_a_late_retry(build_app: AppFactory) -> None:
+    seen: list[Event] = []
+    app = ledger_app(build_app, seen)
+    async with app.started(), client_for(app) as client:
+        ids = {}
+        for name in (
+            "05-completed-before-audit.json",
+            "06-audit-accepted.json",
+            "07-audit-fixed.json",
+            "08-recall-to-pending.json",
+        ):
+            ids[name] = await post(client, sample(name))
+            await post(client, sample(name))  # an exact duplicate: answered, never applied
+            await app.dispatcher.drain()
+        late = await post(client, body("06-audit-accepted.json", callback_completed=False))
+        await app.dispatcher.drain()
+        task = (await client.get(f"/v1/task/{LIFECYCLE_ID}", headers=READ)).json()
+
+    assert [e.name for e in seen] == [
+        "task.completed",
+        "task.audited",
+        "task.audited",
+        "task.updated",
+        "task.recalled",
+    ]
+    assert task["status"] == "pending"
+    assert task["customer_review_status"] == "fixed"
+    assert task["response"] is None
+    kinds = [(h["kind"], h.get("event")) for h in task["history"]]
+    assert kinds == [
+        ("applied", None),
+        ("event", "task.completed"),
+        ("applied", None),
+        ("event", "task.audited"),
+        ("applied", None),
+        ("event", "task.audited"),
+        ("event", "task.updated"),
+        ("applied", None),
+        ("event", "task.recalled"),
+        ("stale", None),
+    ]
+    assert task["history"][-1]["delivery_id"] == late
+    assert task["history"][0]["delivery_id"] == ids["05-completed-before-audit.json"]
+    fixed = task["history"][5]["detail"]
+    assert fixed["prior_response"]["annotations"][0]["label"] == "vehicle"
+
+
+async def test_unique_id_released_on_error_then_taken_by_the_resubmission(
+    build_app: AppFactory,
+) -> None:
+    seen: list[Event] = []
+    app = ledger_app(build_app, seen)
+    async with app.started(), client_for(app) as client:
+        await post(client, sample("03-error-on-creation-clear-unique-id.json"))
+        await post(client, sample("04-resubmitted-same-unique-id-completed.json"))
+        await app.dispatcher.drain()
+        # A late callback of the errored task must not touch its successor.
+        await post(client, body("03-error-on-creation-clear-unique-id.json", metadata={"x": 1}))
+        await app.dispatcher.drain()
+        holders = (await client.get("/v1/tasks?unique_id=kitten-001", headers=READ)).json()
+        old = (await client.get("/v1/task/6500aa01e4b0c1d2e3f40001", headers=READ)).json()
+    assert [d["task_id"] for d in holders["docs"]] == ["6500ab77e4b0c1d2e3f40002"]
+    assert "unique_id" not in old
+    assert [e.name for e in seen if e.name.startswith("unique_id.")] == ["unique_id.released"]
+
+
+async def test_out_of_order_claim_is_a_conflict_until_the_holder_releases(
+    build_app: AppFactory,
+) -> None:
+    seen: list[Event] = []
+    app = ledger_app(build_app, seen)
+    pending = body(
+        "03-error-on-creation-clear-unique-id.json",
+        status="pending",
+        updated_at="2023-09-12T10:00:01.000Z",
+    )
+    async with app.started(), client_for(app) as client:
+        await post(client, pending)  # the first task holds kitten-001
+        await app.dispatcher.drain()
+        await post(client, sample("04-resubmitted-same-unique-id-completed.json"))
+        await app.dispatcher.drain()
+        during = (await client.get("/v1/tasks?unique_id=kitten-001", headers=READ)).json()
+        await post(client, sample("03-error-on-creation-clear-unique-id.json"))
+        await app.dispatcher.drain()
+        after = (await client.get("/v1/tasks?unique_id=kitten-001", headers=READ)).json()
+    conflict = next(e for e in seen if e.name == "unique_id.conflict")
+    assert conflict.payload == {
+        "unique_id": "kitten-001",
+        "task_id": "6500ab77e4b0c1d2e3f40002",
+        "held_by": "6500aa01e4b0c1d2e3f40001",
+    }
+    assert [d["task_id"] for d in during["docs"]] == ["6500aa01e4b0c1d2e3f40001"]
+    assert [d["task_id"] for d in after["docs"]] == ["6500ab77e4b0c1d2e3f40002"]
+
+
+async def test_list_filters_and_keyset_paging(build_app: AppFactory) -> None:
+    app = ledger_app(build_app)
+    async with app.started(), client_for(app) as client:
+        for n in range(7):
+            await post(client, body(
+                "05-completed-before-audit.json", task_id=f"task-{n}",
+                created_at=f"2024-03-0{n + 1}T10:00:00.000Z",
+                project="even" if n % 2 == 0 else "odd", tags=[f"t{n % 3}"],
+            ))  # fmt: skip
+        await app.dispatcher.drain()
+        first = (await client.get("/v1/tasks?limit=3", headers=READ)).json()
+        # A new task arriving between pages does not shift what comes next.
+        await post(
+            client,
+            body(
+                "05-completed-before-audit.json",
+                task_id="task-new",
+                created_at="2024-04-01T00:00:00.000Z",
+            ),
+        )
+        await app.dispatcher.drain()
+        second = (
+            await client.get(f"/v1/tasks?limit=3&next_token={first['next_token']}", headers=READ)
+        ).json()
+        even = (await client.get("/v1/tasks?project=even", headers=READ)).json()
+        tagged = (await client.get("/v1/tasks?tag=t0&limit=1", headers=READ)).json()
+        tagged2 = (
+            await client.get(
+                f"/v1/tasks?tag=t0&limit=1&next_token={tagged['next_token']}", headers=READ
+            )
+        ).json()
+        window = (
+            await client.get(
+                "/v1/tasks?start_time=2024-03-02&end_time=2024-03-04T23:00:00Z", headers=READ
+            )
+        ).json()
+        status = (await client.get("/v1/tasks?status=pending", headers=READ)).json()
+    assert [d["task_id"] for d in first["docs"]] == ["task-6", "task-5", "task-4"]
+    assert (first["total"], first["limit"], first["has_more"]) == (7, 3, True)
+    assert [d["task_id"] for d in second["docs"]] == ["task-3", "task-2", "task-1"]
+    assert [d["task_id"] for d in even["docs"]] == ["task-6", "task-4", "task-2", "task-0"]
+    assert even["total"] == 4
+    assert [d["task_id"] for d in tagged["docs"] + tagged2["docs"]] == ["task-6", "task-3"]
+    assert [d["task_id"] for d in window["docs"]] == ["task-3", "task-2", "task-1"]
+    assert status["total"] == 0 and status["docs"] == [] and status["next_token"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/v1/tasks", {}, 401),
+        ("/v1/tasks", {"authorization": "Bearer nope"}, 401),
+        ("/v1/task/x", {}, 401),
+        ("/v1/tasks?limit=0", READ, 400),
+        ("/v1/tasks?next_token=zzz", READ, 400),
+        ("/v1/tasks?start_time=yesterday", READ, 400),
+        ("/v1/task/unknown", READ, 404),
+    ],
+)
+async def test_task_api_errors(
+    build_app: AppFactory, path: str, headers: dict[str, str], status: int
+) -> None:
+    app = ledger_app(build_app)
+    async with app.started(), client_for(app) as client:
+        response = await client.get(path, headers=headers)
+    assert response.status_code == status
+    assert response.json()["error"]
+
+
+async def test_a_key_without_tasks_read_is_403(build_app: AppFactory) -> None:
+    app = build_app(
+        handlers=["handlers.ledger"],
+        api={"keys": {"ops": {"key": "only-deliveries", "scopes": ["deliveries.read"]}}},
+    )
+    async with app.started(), client_for(app) as client:
+        response = await client.get("/v1/tasks", headers=ops("only-deliveries"))
+    assert response.status_code == 403
+    assert "tasks.read" in response.json()["error"]
