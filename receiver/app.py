@@ -89,11 +89,15 @@ class TaskhookApp:
                 return
         await self.http(scope, receive, send)
 
-    async def startup(self) -> None:
+    async def open(self) -> None:
+        """Storage open and plugins' start-up hooks run; no dispatcher (CLI commands)."""
         await self.storage.open()
         self.registry.freeze()
         for hook in self.registry.startup_hooks:
             await hook()
+
+    async def startup(self) -> None:
+        await self.open()
         if self.settings.insecure_dev:
             log.warning(
                 "INSECURE DEV MODE: sources with verify = 'none' accept ANY request from anyone; "

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, RegistryError, StorageUnavailable
 from receiver.logs import configure_logging
+from receiver.registry import Command
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -54,7 +56,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _plugin_commands(argv: Sequence[str]) -> tuple[Any, list[Command]]:
+    """The app for the configuration named in `argv`, and the commands its plugins offer."""
+    from receiver.app import create_app
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    settings = load_settings(known.config)
+    app = create_app(settings)
+    return app, list(app.registry.commands)
+
+
+def _run_plugin_command(app: Any, command: Command, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        await app.open()
+        try:
+            return await command.run(args)
+        finally:
+            await app.storage.close()
+
+    return asyncio.run(run())
+
+
+def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskhook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,12 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
     migrate.add_argument("--config")
     migrate.set_defaults(func=cmd_migrate)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML file (else $TASKHOOK_CONFIG, ./taskhook.toml)")
+    for command in commands:
+        plugin = sub.add_parser(command.name, help=command.help)
+        command.configure(plugin, [common])
+        plugin.set_defaults(plugin_command=command)
     return parser
 
 
+BUILTIN = frozenset({"serve", "migrate", "-h", "--help"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app: Any = None
+    commands: list[Command] = []
+    if argv and argv[0] not in BUILTIN:
+        # Plugin commands need the app (its config and plugins) even to be listed.
+        try:
+            app, commands = _plugin_commands(argv)
+        except (ConfigError, RegistryError) as exc:
+            print(f"taskhook: {exc}", file=sys.stderr)
+            return 2
+    args = build_parser(commands).parse_args(argv)
     try:
+        if getattr(args, "plugin_command", None) is not None:
+            return _run_plugin_command(app, args.plugin_command, args)
         code: int = args.func(args)
     except (ConfigError, RegistryError, StorageUnavailable) as exc:
         print(f"taskhook: {exc}", file=sys.stderr)

@@ -31,6 +31,18 @@ StartupHook = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class Command:
+    """A ``taskhook NAME ...`` subcommand contributed by a plugin."""
+
+    name: str
+    help: str
+    # configure(parser, common): adds arguments to its argparse sub-parser; `common` are parent
+    # parsers (the --config option) for every parser the command creates under it.
+    configure: Callable[[Any, list[Any]], None]
+    run: Callable[[Any], Awaitable[int]]  # the parsed namespace -> exit status
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteredHandler:
     name: str
     func: Handler
@@ -59,6 +71,7 @@ class HandlerRegistry:
         self._interpreters: dict[str, Interpreter] = {}
         self._routes: list[Any] = []
         self._startup: list[StartupHook] = []
+        self._commands: dict[str, Command] = {}
         self._frozen = False
         #: The app's storage backend and API key ring, for plugins that keep state or serve
         #: routes (the built-in ledger does both). None when the registry stands alone.
@@ -85,6 +98,17 @@ class HandlerRegistry:
     @property
     def routes(self) -> tuple[Any, ...]:
         return tuple(self._routes)
+
+    def add_command(self, command: Command) -> None:
+        """Offer ``taskhook <command.name>``; it runs with storage open, dispatch stopped."""
+        self._check_open()
+        if command.name in self._commands:
+            raise RegistryError(f"command {command.name!r} is already registered")
+        self._commands[command.name] = command
+
+    @property
+    def commands(self) -> tuple[Command, ...]:
+        return tuple(self._commands.values())
 
     def on_startup(self, hook: StartupHook) -> StartupHook:
         """Await `hook()` once storage is open, before dispatch starts (schema, caches)."""

@@ -213,3 +213,57 @@ async def test_a_key_without_tasks_read_is_403(build_app: AppFactory) -> None:
         response = await client.get("/v1/tasks", headers=ops("only-deliveries"))
     assert response.status_code == 403
     assert "tasks.read" in response.json()["error"]
+
+
+def test_tasks_cli_lists_and_shows_in_readable_tables(tmp_path: Any) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    db = tmp_path / "ledger.db"
+    config = tmp_path / "taskhook.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{db}"\n'
+        '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
+    )
+
+    async def fill() -> None:
+        from receiver.app import create_app
+        from receiver.config import load_settings
+
+        app = create_app(load_settings(config, environ={}))
+        async with app.started(), client_for(app) as client:
+            for name in (
+                "05-completed-before-audit.json",
+                "06-audit-accepted.json",
+                "09-audit-rejected.json",
+            ):
+                assert (await client.post("/callbacks/refonte", content=sample(name))).is_success
+            await app.dispatcher.drain()
+
+    asyncio.run(fill())
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "receiver.cli", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = cli("tasks", "list", "--status", "completed")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TASK_ID", "STATUS", "TYPE"]
+    assert [line.split()[0] for line in lines[1:3]] == [
+        "65f0c0de0000000000000003",
+        "65f0c0de0000000000000001",
+    ]
+    assert "2 of 2 task(s)" in listed.stdout
+    shown = cli("tasks", "show", LIFECYCLE_ID)
+    assert shown.returncode == 0, shown.stderr
+    assert "customer_review_status  accepted" in shown.stdout
+    assert "task.audited" in shown.stdout and "applied" in shown.stdout
+    missing = cli("tasks", "show", "nope")
+    assert missing.returncode == 1
+    assert "no task 'nope'" in missing.stdout

@@ -3,12 +3,14 @@
 Registered through the ``taskhook.handlers`` entry-point seam like any plugin: it becomes the
 interpreter of ``refonte`` deliveries (each snapshot is applied to the ledger, and the events
 handlers receive are what it meant: `rules`), keeps its tables in the app's database
-(`store`), and serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`).
+(`store`), serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`), and offers
+``taskhook tasks list|show`` (`cli`).
 """
 
 from __future__ import annotations
 
 from handlers.ledger.api import build_routes
+from handlers.ledger.cli import command
 from handlers.ledger.store import apply_delivery, create_schema
 from receiver.errors import RegistryError
 from receiver.events import Event
@@ -31,3 +33,4 @@ def register(registry: HandlerRegistry) -> None:
     registry.on_startup(create)
     registry.interpret("refonte", interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))
+    registry.add_command(command(storage.query))

@@ -1,0 +1,104 @@
+"""``taskhook tasks list [filters]`` and ``taskhook tasks show ID``: the ledger on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from handlers.ledger.api import COLUMN_FILTERS, BadQuery, Query, build_query, task_view
+from handlers.ledger.store import iso
+from receiver.registry import Command
+
+LIST_COLUMNS = ("task_id", "status", "type", "project", "batch", "unique_id",
+                "customer_review_status", "created_at", "updated_at")  # fmt: skip
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def configure(parser: argparse.ArgumentParser, common: list[argparse.ArgumentParser]) -> None:
+    sub = parser.add_subparsers(dest="tasks_command", required=True)
+    show = sub.add_parser("show", help="one task as last applied, and its history", parents=common)
+    show.add_argument("task_id")
+    show.add_argument("--json", action="store_true", help="print the API's JSON instead")
+    listing = sub.add_parser("list", help="tasks, newest created first", parents=common)
+    for name in (*COLUMN_FILTERS, "tag", "start_time", "end_time", "updated_after"):
+        listing.add_argument(f"--{name.replace('_', '-')}", dest=name)
+    listing.add_argument("--limit", type=int, default=100)
+
+
+def command(query: Query) -> Command:
+    async def run(args: argparse.Namespace) -> int:
+        if args.tasks_command == "show":
+            return await show(query, args.task_id, as_json=args.json)
+        params = {
+            name: str(getattr(args, name))
+            for name in (*COLUMN_FILTERS, "tag", "start_time", "end_time", "updated_after")
+            if getattr(args, name, None) is not None
+        }
+        params["limit"] = str(args.limit)
+        return await listing(query, params)
+
+    return Command("tasks", "the task ledger: list and show tasks", configure, run)
+
+
+async def show(query: Query, task_id: str, *, as_json: bool) -> int:
+    rows = await query(
+        "SELECT t.task, t.status, t.unique_id, t.customer_review_status, t.response "
+        "FROM ledger_tasks AS t WHERE t.task_id = ?",
+        [task_id],
+    )
+    if not rows:
+        print(f"taskhook: no task {task_id!r} in the ledger")
+        return 1
+    task = task_view(tuple(rows[0]))
+    history = await query(
+        "SELECT at, kind, name, delivery_id, detail FROM ledger_history WHERE task_id = ? "
+        "ORDER BY seq",
+        [task_id],
+    )
+    if as_json:
+        print(orjson.dumps(task, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for key in ("task_id", "status", "type", "project", "batch", "unique_id",
+                "customer_review_status", "created_at", "updated_at", "completed_at"):  # fmt: skip
+        print(f"{key:>24}  {task.get(key, '') or ''}")
+    print()
+    print(table(
+        ("at", "kind", "event", "delivery_id", "detail"),
+        [(iso(datetime.fromtimestamp(at).astimezone()), kind, name or "", delivery,
+          _short(detail)) for at, kind, name, delivery, detail in history],
+    ))  # fmt: skip
+    return 0
+
+
+def _short(detail: str, width: int = 60) -> str:
+    return detail if len(detail) <= width else detail[: width - 1] + "…"
+
+
+async def listing(query: Query, params: dict[str, str]) -> int:
+    try:
+        source, where, args, limit = build_query(params)
+    except BadQuery as exc:
+        print(f"taskhook: {exc}")
+        return 2
+    created = "g.created_at" if "tag" in params else "t.created_at"
+    rows = await query(
+        f"SELECT t.task_id, t.status, t.type, t.project, t.batch, t.unique_id, "
+        f"t.customer_review_status, t.created_at, t.updated_at FROM {source} WHERE {where} "
+        f"ORDER BY {created} DESC, t.task_id DESC LIMIT ?",
+        [*args, limit],
+    )
+    total = (await query(f"SELECT count(*) FROM {source} WHERE {where}", args))[0][0]
+    print(table(LIST_COLUMNS, rows))
+    print(f"\n{len(rows)} of {total} task(s)")
+    return 0
