@@ -159,6 +159,7 @@ async def test_list_filters_and_keyset_paging(build_app: AppFactory) -> None:
         second = (
             await client.get(f"/v1/tasks?limit=3&next_token={first['next_token']}", headers=READ)
         ).json()
+        recount = (await client.get("/v1/tasks?limit=3", headers=READ)).json()
         even = (await client.get("/v1/tasks?project=even", headers=READ)).json()
         tagged = (await client.get("/v1/tasks?tag=t0&limit=1", headers=READ)).json()
         tagged2 = (
@@ -175,6 +176,7 @@ async def test_list_filters_and_keyset_paging(build_app: AppFactory) -> None:
     assert [d["task_id"] for d in first["docs"]] == ["task-6", "task-5", "task-4"]
     assert (first["total"], first["limit"], first["has_more"]) == (7, 3, True)
     assert [d["task_id"] for d in second["docs"]] == ["task-3", "task-2", "task-1"]
+    assert recount["total"] == 8  # a cached total never outlives a ledger write
     assert [d["task_id"] for d in even["docs"]] == ["task-6", "task-4", "task-2", "task-0"]
     assert even["total"] == 4
     assert [d["task_id"] for d in tagged["docs"] + tagged2["docs"]] == ["task-6", "task-3"]

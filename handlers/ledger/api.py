@@ -103,7 +103,36 @@ def build_query(params: dict[str, str]) -> tuple[str, str, list[Any], int]:
     return source, " AND ".join(where) or "1", args, limit
 
 
+class TotalCache:
+    """Exact list totals, counted once per filter set and ledger generation.
+
+    Counting the matches of a filter is linear in them; paging through one listing asks the
+    same question on every page. Every applied delivery bumps the generation, so a cached
+    total is never older than the ledger it was read from, on any replica.
+    """
+
+    def __init__(self, query: Query, size: int = 256) -> None:
+        self._query = query
+        self._size = size
+        self._totals: dict[tuple[str, str, tuple[Any, ...]], tuple[int, int]] = {}
+
+    async def total(self, source: str, where: str, args: list[Any]) -> int:
+        generation = (await self._query("SELECT generation FROM ledger_meta", []))[0][0]
+        key = (source, where, tuple(args))
+        cached = self._totals.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        rows = await self._query(f"SELECT count(*) FROM {source} WHERE {where}", args)
+        count = int(rows[0][0])
+        if len(self._totals) >= self._size:
+            self._totals.pop(next(iter(self._totals)))
+        self._totals[key] = (generation, count)
+        return count
+
+
 def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
+    totals = TotalCache(query)
+
     def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
         async def wrapper(request: Request) -> Response:
             if keys is None:
@@ -145,7 +174,7 @@ def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
         params = dict(request.query_params)
         source, where, args, limit = build_query(params)
         created = "g.created_at" if "tag" in params else "t.created_at"
-        total = (await query(f"SELECT count(*) FROM {source} WHERE {where}", args))[0][0]
+        total = await totals.total(source, where, args)
         page_where, page_args = where, list(args)
         if token := params.get("next_token"):
             after_created, after_id = decode_token(token)

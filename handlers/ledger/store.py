@@ -73,7 +73,13 @@ CREATE TABLE IF NOT EXISTS ledger_history (
     detail      TEXT NOT NULL,
     at          REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_history_task ON ledger_history(task_id, seq)
+CREATE INDEX IF NOT EXISTS ledger_history_task ON ledger_history(task_id, seq);
+-- Bumped by every applied delivery: readers cache list totals against it.
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO ledger_meta (id, generation) VALUES (1, 0)
 """
 
 
@@ -299,6 +305,8 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
             name=event.name,
             event=event.event_id,
         )
+    if not outcome.stale:
+        conn.execute("UPDATE ledger_meta SET generation = generation + 1 WHERE id = 1")
     save_events_in(
         conn,
         delivery.id,
