@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from receiver.cli_deliveries import add_parsers, run_deliveries, run_export
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, RegistryError, StorageUnavailable
 from receiver.logs import configure_logging
@@ -53,6 +55,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     print(f"schema up to date: {settings.database.url.split('@')[-1]}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    import time
+
+    from receiver import verify
+    from receiver.records import new_id
+
+    settings = _settings(args)
+    source = settings.sources.get(args.source)
+    if source is None:
+        known = ", ".join(sorted(settings.sources)) or "none"
+        print(f"taskhook: no source {args.source!r} (configured: {known})", file=sys.stderr)
+        return 2
+    body = Path(args.file).read_bytes()
+    headers = {"content-type": "application/json"}
+    if source.verify != "none":
+        headers |= verify.sign(
+            source.verify, body, source.secret_values()[0], header=source.header_name,
+            msg_id=new_id("msg_"), timestamp=int(time.time()),
+        )  # fmt: skip
+    for name, value in headers.items():
+        print(f"{name}: {value}")
     return 0
 
 
@@ -104,6 +130,17 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML file (else $TASKHOOK_CONFIG, ./taskhook.toml)")
+    add_parsers(sub, common)
+
+    sign = sub.add_parser(
+        "sign",
+        help="print the headers a source expects for a body (for curl -H @file)",
+        parents=[common],
+    )
+    sign.add_argument("--source", required=True)
+    sign.add_argument("file")
+    sign.set_defaults(func=cmd_sign)
+
     for command in commands:
         plugin = sub.add_parser(command.name, help=command.help)
         command.configure(plugin, [common])
@@ -111,7 +148,7 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-BUILTIN = frozenset({"serve", "migrate", "-h", "--help"})
+BUILTIN = frozenset({"serve", "migrate", "deliveries", "export", "sign", "-h", "--help"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "plugin_command", None) is not None:
             return _run_plugin_command(app, args.plugin_command, args)
+        if args.command == "deliveries":
+            return asyncio.run(run_deliveries(_settings(args), args))
+        if args.command == "export":
+            return asyncio.run(run_export(_settings(args), args))
         code: int = args.func(args)
     except (ConfigError, RegistryError, StorageUnavailable) as exc:
         print(f"taskhook: {exc}", file=sys.stderr)

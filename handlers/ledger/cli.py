@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import orjson
 
 from handlers.ledger.api import COLUMN_FILTERS, BadQuery, Query, build_query, task_view
 from handlers.ledger.store import iso
 from receiver.registry import Command
+from receiver.tables import table
 
 LIST_COLUMNS = ("task_id", "status", "type", "project", "batch", "unique_id",
                 "customer_review_status", "created_at", "updated_at")  # fmt: skip
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def configure(parser: argparse.ArgumentParser, common: list[argparse.ArgumentParser]) -> None:

@@ -76,6 +76,22 @@ class Storage(Protocol):
         before_seq: int | None = None,
     ) -> DeliveryPage: ...
 
+    async def scan_deliveries(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[DeliveryRecord]:
+        """Deliveries in receipt order after `after_seq`: callers stream by keyset, so a
+        scan of millions holds one batch in memory at a time."""
+
+    async def dead_ids(self) -> list[str]:
+        """Ids of every dead delivery, oldest first."""
+
     async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
         """Make a failed, dead or quarantined delivery due again.
 

@@ -371,6 +371,37 @@ class SQLiteStorage:
             items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
         )
 
+    async def scan_deliveries(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[DeliveryRecord]:
+        where = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        for clause, value in (
+            ("status = ?", status.value if status is not None else None),
+            ("source = ?", source),
+            ("received_at >= ?", since),
+            ("received_at < ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            [*params, limit],
+        )
+        return [_row_to_record(row) for row in rows]
+
+    async def dead_ids(self) -> list[str]:
+        rows = await self._read("SELECT id FROM deliveries WHERE status = 'dead' ORDER BY seq")
+        return [row[0] for row in rows]
+
     async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
         changed = await self._writer.run(lambda conn: _requeue(delivery_id, now, conn))
         if changed:

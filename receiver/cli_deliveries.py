@@ -1,0 +1,158 @@
+"""``taskhook deliveries list|show|retry`` and ``taskhook export``: the operator's inbox.
+
+Both read the configured database directly. `retry` requeues through the same storage call
+as ``POST /v1/deliveries/{id}/retry``; a running receiver's dispatcher picks the delivery up
+on its next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from receiver.api import body_fields, delivery_detail, iso
+from receiver.config import Settings
+from receiver.records import DeliveryRecord, DeliveryStatus
+from receiver.storage import Storage, open_storage
+from receiver.tables import table
+
+LIST_COLUMNS = ("delivery_id", "status", "source", "task_id", "received_at", "attempts",
+                "last_error")  # fmt: skip
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    deliveries = sub.add_parser("deliveries", help="the stored deliveries (the inbox)")
+    dsub = deliveries.add_subparsers(dest="deliveries_command", required=True)
+    listing = dsub.add_parser("list", help="newest first", parents=[common])
+    listing.add_argument("--status", choices=[s.value for s in DeliveryStatus])
+    listing.add_argument("--source")
+    listing.add_argument("--task-id")
+    listing.add_argument("--limit", type=int, default=50)
+    show = dsub.add_parser("show", help="one delivery with headers and body", parents=[common])
+    show.add_argument("delivery_id")
+    retry = dsub.add_parser("retry", help="requeue failed, dead or quarantined deliveries",
+                            parents=[common])  # fmt: skip
+    retry.add_argument("delivery_id", nargs="?")
+    retry.add_argument("--all-dead", action="store_true")
+
+    export = sub.add_parser("export", help="stored deliveries as JSON Lines (replay format)",
+                            parents=[common])  # fmt: skip
+    export.add_argument("--since", help="ISO 8601: received at or after")
+    export.add_argument("--until", help="ISO 8601: received before")
+    export.add_argument("--status", choices=[s.value for s in DeliveryStatus])
+    export.add_argument("--source")
+
+
+def _timestamp(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise SystemExit(f"taskhook: {flag} must be an ISO 8601 date or datetime") from None
+
+
+async def run_deliveries(settings: Settings, args: argparse.Namespace) -> int:
+    storage = open_storage(settings.database.url)
+    await storage.open()
+    try:
+        if args.deliveries_command == "list":
+            status = DeliveryStatus(args.status) if args.status else None
+            page = await storage.list_deliveries(
+                status=status, source=args.source, task_id=args.task_id, limit=args.limit
+            )
+            rows = [
+                (d.id, d.status.value, d.source, d.task_id, iso(d.received_at), d.attempts,
+                 (d.last_error or "")[:60])
+                for d in page.items
+            ]  # fmt: skip
+            print(table(LIST_COLUMNS, rows))
+            print(f"\n{len(rows)} of {page.total} delivery(ies)")
+            return 0
+        if args.deliveries_command == "show":
+            found = await storage.get_delivery(args.delivery_id)
+            if found is None:
+                print(f"taskhook: no delivery {args.delivery_id!r}", file=sys.stderr)
+                return 1
+            print(orjson.dumps(delivery_detail(found), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        return await _retry(storage, args)
+    finally:
+        await storage.close()
+
+
+async def _retry(storage: Storage, args: argparse.Namespace) -> int:
+    if args.all_dead == bool(args.delivery_id):
+        print("taskhook: give one delivery id or --all-dead", file=sys.stderr)
+        return 2
+    ids = await storage.dead_ids() if args.all_dead else [args.delivery_id]
+    failed = 0
+    for delivery_id in ids:
+        done = await storage.requeue(delivery_id, now=time.time())
+        if done:
+            print(f"requeued {delivery_id}")
+        else:
+            failed += 1
+            why = "no such delivery" if done is None else "not failed, dead or quarantined"
+            print(f"taskhook: {delivery_id}: {why}", file=sys.stderr)
+    if args.all_dead:
+        print(f"{len(ids) - failed} dead delivery(ies) requeued")
+    return 1 if failed else 0
+
+
+async def stream(
+    storage: Storage,
+    *,
+    status: DeliveryStatus | None = None,
+    source: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    batch: int = 1000,
+) -> AsyncIterator[DeliveryRecord]:
+    """Every matching delivery in receipt order, one batch in memory at a time."""
+    after = 0
+    while True:
+        page = await storage.scan_deliveries(
+            after_seq=after, limit=batch, status=status, source=source, since=since, until=until
+        )
+        for record in page:
+            yield record
+        if len(page) < batch:
+            return
+        after = page[-1].seq
+
+
+def replay_line(d: DeliveryRecord) -> bytes:
+    """One line of the replay format (shared/CONTRACT.md, "Recorded deliveries")."""
+    line = {"source": d.source, "received_at": iso(d.received_at), "headers": d.headers}
+    return orjson.dumps(line | body_fields(d.body))
+
+
+async def run_export(settings: Settings, args: argparse.Namespace) -> int:
+    storage = open_storage(settings.database.url)
+    await storage.open()
+    out = sys.stdout.buffer
+    count = 0
+    try:
+        async for record in stream(
+            storage,
+            status=DeliveryStatus(args.status) if args.status else None,
+            source=args.source,
+            since=_timestamp(args.since, "--since"),
+            until=_timestamp(args.until, "--until"),
+        ):
+            if record.body is None:  # a duplicate receipt: its original carries the body
+                continue
+            out.write(replay_line(record) + b"\n")
+            count += 1
+    finally:
+        out.flush()
+        await storage.close()
+    print(f"exported {count} delivery(ies)", file=sys.stderr)
+    return 0
