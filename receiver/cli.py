@@ -82,6 +82,32 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from receiver.app import create_app
+    from receiver.replay import read_recordings, replay_local, replay_remote
+
+    settings = _settings(args)
+    configure_logging(format=settings.log.format, level="warning")
+    records = read_recordings(args.paths, source=args.source)
+    if args.to:
+        summary = asyncio.run(replay_remote(settings, records, url=args.to))
+    else:
+        # The replay drains the dispatcher itself; no background polling beside it.
+        quiet = settings.dispatch.model_copy(update={"enabled": False})
+        app = create_app(settings.model_copy(update={"dispatch": quiet}))
+
+        async def run() -> Any:
+            await app.open()
+            try:
+                return await replay_local(app, records, dry_run=args.dry_run)
+            finally:
+                await app.shutdown()
+
+        summary = asyncio.run(run())
+    print(summary.render(verb="would be accepted" if args.dry_run else "accepted"))
+    return 1 if summary.rejected else 0
+
+
 def _plugin_commands(argv: Sequence[str]) -> tuple[Any, list[Command]]:
     """The app for the configuration named in `argv`, and the commands its plugins offer."""
     from receiver.app import create_app
@@ -141,6 +167,17 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     sign.add_argument("file")
     sign.set_defaults(func=cmd_sign)
 
+    replay = sub.add_parser(
+        "replay",
+        help="recorded deliveries through the pipeline (or --to a receiver)",
+        parents=[common],
+    )
+    replay.add_argument("paths", nargs="+", help="JSON Lines files or folders of *.json bodies")
+    replay.add_argument("--source", help="source of bare bodies (and of lines without one)")
+    replay.add_argument("--to", metavar="URL", help="POST to a running receiver, re-signed")
+    replay.add_argument("--dry-run", action="store_true", help="verify and parse only")
+    replay.set_defaults(func=cmd_replay)
+
     for command in commands:
         plugin = sub.add_parser(command.name, help=command.help)
         command.configure(plugin, [common])
@@ -148,7 +185,7 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-BUILTIN = frozenset({"serve", "migrate", "deliveries", "export", "sign", "-h", "--help"})
+BUILTIN = frozenset({"serve", "migrate", "deliveries", "export", "sign", "replay", "-h", "--help"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,165 @@
+"""Record → export → replay: production traffic reproduced in an empty ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from receiver.app import create_app
+from receiver.config import load_settings
+from receiver.verify import sign_standard_webhooks
+from tests.conftest import SAMPLES, client_for, sample, sample_json
+from tests.test_cli import clean_env, serving
+
+SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def write_config(directory: Path, name: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(
+        'entry_points = false\nhandlers = ["handlers.ledger"]\n'
+        f'[database]\nurl = "sqlite:///{directory / name}.db"\n'
+        '[sources.refonte]\nkind = "refonte"\nverify = "header-token"\n'
+        'header = "refonte-callback-auth"\nsecrets = ["prod-secret"]\n'
+        f'[sources.sw]\nkind = "refonte"\nverify = "standard-webhooks"\nsecrets = ["{SW_SECRET}"]\n'
+        '[log]\nlevel = "warning"\n'
+    )
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "receiver.cli", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, env=clean_env())  # fmt: skip
+
+
+TRAFFIC = [
+    "05-completed-before-audit.json", "06-audit-accepted.json", "05-completed-before-audit.json",
+    "07-audit-fixed.json", "08-recall-to-pending.json", "06-audit-accepted.json",
+    "03-error-on-creation-clear-unique-id.json", "04-resubmitted-same-unique-id-completed.json",
+    "09-audit-rejected.json", "10-canceled-clear-unique-id.json", "01-completed.json",
+]  # fmt: skip
+
+
+def produce(config: Path) -> None:
+    async def run() -> None:
+        app = create_app(load_settings(config, environ={}))
+        headers = {"content-type": "application/json", "refonte-callback-auth": "prod-secret"}
+        async with app.started(), client_for(app) as client:
+            for name in TRAFFIC:
+                response = await client.post(
+                    "/callbacks/refonte", content=sample(name), headers=headers
+                )
+                assert response.status_code == 200
+            late = sample_json("06-audit-accepted.json")
+            late["task"]["callback_completed"] = False  # a late retry, not byte-identical
+            await client.post("/callbacks/refonte", content=json.dumps(late), headers=headers)
+            await app.dispatcher.drain()
+
+    asyncio.run(run())
+
+
+def ledger(db: Path) -> tuple[list[Any], list[Any]]:
+    with sqlite3.connect(db) as conn:
+        tasks = conn.execute(
+            "SELECT task_id, status, unique_id, customer_review_status, task, response, audits, "
+            "created_at FROM ledger_tasks ORDER BY task_id"
+        ).fetchall()
+        history = conn.execute(
+            # Per-task order is the guarantee; tasks interleave as concurrency allows.
+            "SELECT task_id, kind, name, event_id, detail FROM ledger_history ORDER BY task_id, seq"
+        ).fetchall()
+    return tasks, history
+
+
+def test_export_then_replay_rebuilds_the_same_ledger(tmp_path: Path) -> None:
+    prod = write_config(tmp_path, "prod")
+    laptop = write_config(tmp_path, "laptop")
+    produce(prod)
+    exported = cli(prod, "export")
+    assert exported.returncode == 0, exported.stderr
+    recording = tmp_path / "traffic.jsonl"
+    recording.write_text(exported.stdout)
+
+    dry = cli(laptop, "replay", str(recording), "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "10 would be accepted" in dry.stdout
+    assert not (tmp_path / "laptop.db").exists() or ledger(tmp_path / "laptop.db")[0] == []
+
+    replayed = cli(laptop, "replay", str(recording))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "10 deliveries: 10 accepted, 0 duplicate, 0 rejected" in replayed.stdout
+    assert ledger(tmp_path / "laptop.db") == ledger(tmp_path / "prod.db")
+    with sqlite3.connect(tmp_path / "laptop.db") as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries WHERE replayed = 1").fetchone() == (
+            10,
+        )
+
+    again = cli(laptop, "replay", str(recording))
+    assert "0 accepted, 10 duplicate" in again.stdout
+
+
+def test_old_signatures_still_verify_but_tampering_is_rejected(tmp_path: Path) -> None:
+    laptop = write_config(tmp_path, "laptop")
+    body = sample("01-completed.json")
+    long_ago = int(time.time()) - 90 * 24 * 3600
+    headers = sign_standard_webhooks(body, SW_SECRET, msg_id="msg_old", timestamp=long_ago)
+    lines = [
+        {"source": "sw", "received_at": "2024-03-02T09:15:00Z", "headers": headers,
+         "body": body.decode()},
+        {"source": "sw", "received_at": "2024-03-02T09:16:00Z",
+         "headers": sign_standard_webhooks(body, SW_SECRET, msg_id="msg_x", timestamp=long_ago),
+         "body": body.decode().replace("red", "blue")},
+        {"source": "nowhere", "headers": {}, "body": "{}"},
+    ]  # fmt: skip
+    recording = tmp_path / "old.jsonl"
+    recording.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    done = cli(laptop, "replay", str(recording))
+    assert done.returncode == 1
+    assert "4 deliveries: 1 accepted, 0 duplicate, 3 rejected" in done.stdout
+    assert "401 verification failed: invalid signature" in done.stdout
+    assert "unknown source 'nowhere'" in done.stdout
+    assert "unreadable recording line" in done.stdout
+    with sqlite3.connect(tmp_path / "laptop.db") as conn:
+        received = conn.execute("SELECT received_at, replayed FROM deliveries").fetchall()
+    assert received == [(1709370900.0, 1)]  # the recorded time, marked replayed
+
+
+def test_a_folder_of_bare_bodies_needs_and_takes_a_source(tmp_path: Path) -> None:
+    laptop = write_config(tmp_path, "laptop")
+    folder = tmp_path / "bodies"
+    folder.mkdir()
+    for name in ("01-completed.json", "09-audit-rejected.json"):
+        shutil.copy(SAMPLES / "refonte" / name, folder / name)
+    without = cli(laptop, "replay", str(folder))
+    assert without.returncode == 1 and "needs --source" in without.stdout
+    # Bare bodies carry no auth header: the receiver's secret signs nothing here, so they are
+    # replayed to an open source.
+    open_config = tmp_path / "open.toml"
+    open_config.write_text(laptop.read_text().replace(
+        'verify = "header-token"\nheader = "refonte-callback-auth"\nsecrets = ["prod-secret"]',
+        'verify = "none"'))  # fmt: skip
+    done = cli(open_config, "replay", str(folder), "--source", "refonte")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 accepted" in done.stdout
+
+
+def test_replay_to_a_running_receiver_re_signs_each_body(tmp_path: Path) -> None:
+    prod = write_config(tmp_path, "prod")
+    produce(prod)
+    recording = tmp_path / "traffic.jsonl"
+    recording.write_text(cli(prod, "export").stdout)
+    target = write_config(tmp_path, "target")
+    with serving(tmp_path, "--config", str(target), env=clean_env()) as (base, _):
+        done = cli(target, "replay", str(recording), "--to", base)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 accepted" in done.stdout
+    with sqlite3.connect(tmp_path / "target.db") as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (10,)
