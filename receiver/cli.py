@@ -108,6 +108,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from receiver.app import create_app
+    from receiver.rebuild import backfill, rebuild
+
+    settings = _settings(args)
+    configure_logging(format=settings.log.format, level="warning")
+    app = create_app(settings)
+
+    async def run() -> Any:
+        await app.open()
+        try:
+            if args.handler:
+                return await backfill(app, args.handler)
+            return await rebuild(app)
+        finally:
+            await app.storage.close()
+
+    summary = asyncio.run(run())
+    print(("backfilled " + args.handler + ": " if args.handler else "rebuilt: ") + summary.render())
+    return 1 if summary.runs_failed else 0
+
+
 def _plugin_commands(argv: Sequence[str]) -> tuple[Any, list[Command]]:
     """The app for the configuration named in `argv`, and the commands its plugins offer."""
     from receiver.app import create_app
@@ -178,6 +200,14 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="verify and parse only")
     replay.set_defaults(func=cmd_replay)
 
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="rebuild the ledger from stored deliveries (or backfill one handler)",
+        parents=[common],
+    )
+    rebuild.add_argument("--handler", metavar="NAME", help="run only this handler over history")
+    rebuild.set_defaults(func=cmd_rebuild)
+
     for command in commands:
         plugin = sub.add_parser(command.name, help=command.help)
         command.configure(plugin, [common])
@@ -185,7 +215,9 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-BUILTIN = frozenset({"serve", "migrate", "deliveries", "export", "sign", "replay", "-h", "--help"})
+BUILTIN = frozenset(
+    {"serve", "migrate", "deliveries", "export", "sign", "replay", "rebuild", "-h", "--help"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

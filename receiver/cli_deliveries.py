@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ from receiver.api import body_fields, delivery_detail, iso
 from receiver.config import Settings
 from receiver.records import DeliveryRecord, DeliveryStatus
 from receiver.storage import Storage, open_storage
+from receiver.storage.base import stream_deliveries
 from receiver.tables import table
 
 LIST_COLUMNS = ("delivery_id", "status", "source", "task_id", "received_at", "attempts",
@@ -106,28 +106,6 @@ async def _retry(storage: Storage, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-async def stream(
-    storage: Storage,
-    *,
-    status: DeliveryStatus | None = None,
-    source: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    batch: int = 1000,
-) -> AsyncIterator[DeliveryRecord]:
-    """Every matching delivery in receipt order, one batch in memory at a time."""
-    after = 0
-    while True:
-        page = await storage.scan_deliveries(
-            after_seq=after, limit=batch, status=status, source=source, since=since, until=until
-        )
-        for record in page:
-            yield record
-        if len(page) < batch:
-            return
-        after = page[-1].seq
-
-
 def replay_line(d: DeliveryRecord) -> bytes:
     """One line of the replay format (shared/CONTRACT.md, "Recorded deliveries")."""
     line = {"source": d.source, "received_at": iso(d.received_at), "headers": d.headers}
@@ -140,7 +118,7 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     count = 0
     try:
-        async for record in stream(
+        async for record in stream_deliveries(
             storage,
             status=DeliveryStatus(args.status) if args.status else None,
             source=args.source,

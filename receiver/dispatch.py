@@ -191,7 +191,7 @@ class Dispatcher:
                 for handler in self._registry.handlers_for(event.name):
                     if (event.event_id, handler.name) in done:
                         continue
-                    run = await self._run_handler(handler.name, handler.func, event)
+                    run = await self.run_handler(handler.name, handler.func, event)
                     runs.append(run)
         failures = [r for r in runs if not r.ok]
         if not failures:
@@ -225,9 +225,7 @@ class Dispatcher:
         )
         return events
 
-    async def _run_handler(
-        self, name: str, func: Callable[..., object], event: Event
-    ) -> HandlerRun:
+    async def run_handler(self, name: str, func: Callable[..., object], event: Event) -> HandlerRun:
         try:
             async with asyncio.timeout(self._handler_timeout):
                 result = func(event)

@@ -71,6 +71,7 @@ class HandlerRegistry:
         self._interpreters: dict[str, Interpreter] = {}
         self._routes: list[Any] = []
         self._startup: list[StartupHook] = []
+        self._reset: list[StartupHook] = []
         self._commands: dict[str, Command] = {}
         self._frozen = False
         #: The app's storage backend and API key ring, for plugins that keep state or serve
@@ -109,6 +110,16 @@ class HandlerRegistry:
     @property
     def commands(self) -> tuple[Command, ...]:
         return tuple(self._commands.values())
+
+    def on_reset(self, hook: StartupHook) -> StartupHook:
+        """`taskhook rebuild` awaits `hook()` to empty the plugin's derived state first."""
+        self._check_open()
+        self._reset.append(hook)
+        return hook
+
+    @property
+    def reset_hooks(self) -> tuple[StartupHook, ...]:
+        return tuple(self._reset)
 
     def on_startup(self, hook: StartupHook) -> StartupHook:
         """Await `hook()` once storage is open, before dispatch starts (schema, caches)."""

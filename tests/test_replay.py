@@ -163,3 +163,66 @@ def test_replay_to_a_running_receiver_re_signs_each_body(tmp_path: Path) -> None
     assert "10 accepted" in done.stdout
     with sqlite3.connect(tmp_path / "target.db") as conn:
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (10,)
+
+
+def test_rebuild_equals_the_live_ledger(tmp_path: Path) -> None:
+    prod = write_config(tmp_path, "prod")
+    produce(prod)
+    live = ledger(tmp_path / "prod.db")
+    done = cli(prod, "rebuild")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rebuilt: 10 deliveries" in done.stdout
+    assert ledger(tmp_path / "prod.db") == live
+
+
+PLUGIN = """
+from receiver.registry import HandlerRegistry
+
+SEEN = []
+
+
+def register(registry: HandlerRegistry) -> None:
+    def audit_counter(event):
+        with open({path!r}, "a") as out:
+            out.write(event.event_id + "\\n")
+
+    registry.on("task.audited", audit_counter, name="audit-counter")
+"""
+
+
+def test_rebuild_handler_backfills_one_new_handler_once(tmp_path: Path) -> None:
+    prod = write_config(tmp_path, "prod")
+    produce(prod)
+    seen = tmp_path / "seen.txt"
+    (tmp_path / "new_handler_plugin.py").write_text(PLUGIN.replace("{path!r}", repr(str(seen))))
+    with_plugin = tmp_path / "with.toml"
+    with_plugin.write_text(
+        prod.read_text().replace(
+            'handlers = ["handlers.ledger"]', 'handlers = ["handlers.ledger", "new_handler_plugin"]'
+        )
+    )
+    env = clean_env(PYTHONPATH=str(tmp_path))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "receiver.cli", *args, "--config", str(with_plugin)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    with sqlite3.connect(tmp_path / "prod.db") as conn:
+        before = conn.execute("SELECT count(*) FROM handler_runs").fetchone()[0]
+    first = run("rebuild", "--handler", "audit-counter")
+    assert first.returncode == 0, first.stdout + first.stderr
+    audits = seen.read_text().split()
+    assert len(audits) == len(set(audits)) == 3  # accepted and fixed (task 1), rejected (3)
+    second = run("rebuild", "--handler", "audit-counter")
+    assert second.returncode == 0
+    assert seen.read_text().split() == audits  # already handled: not run again
+    with sqlite3.connect(tmp_path / "prod.db") as conn:
+        after = conn.execute("SELECT count(*) FROM handler_runs").fetchone()[0]
+        others = conn.execute(
+            "SELECT count(*) FROM handler_runs WHERE handler != 'audit-counter'"
+        ).fetchone()[0]
+    assert after == before + 3 and others == before
+    unknown = run("rebuild", "--handler", "nope")
+    assert unknown.returncode == 2 and "audit-counter" in unknown.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from handlers.ledger.api import build_routes
 from handlers.ledger.cli import command
-from handlers.ledger.store import apply_delivery, create_schema
+from handlers.ledger.store import apply_delivery, create_schema, reset
 from receiver.errors import RegistryError
 from receiver.events import Event
 from receiver.records import DeliveryRecord
@@ -30,7 +30,11 @@ def register(registry: HandlerRegistry) -> None:
         events: list[Event] = await storage.transact(lambda conn: apply_delivery(conn, delivery))
         return events
 
+    async def empty() -> None:
+        await storage.transact(reset)
+
     registry.on_startup(create)
+    registry.on_reset(empty)
     registry.interpret("refonte", interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))
     registry.add_command(command(storage.query))

@@ -83,6 +83,13 @@ INSERT OR IGNORE INTO ledger_meta (id, generation) VALUES (1, 0)
 """
 
 
+def reset(conn: sqlite3.Connection) -> None:
+    """Empty the ledger (for a rebuild from the stored deliveries)."""
+    for table in ("ledger_tasks", "ledger_task_tags", "ledger_unique_ids", "ledger_history"):
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute("UPDATE ledger_meta SET generation = generation + 1")
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():

@@ -6,7 +6,7 @@ Every method raises `StorageUnavailable` when the database cannot answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from receiver.records import (
@@ -14,6 +14,7 @@ from receiver.records import (
     DeliveryPage,
     DeliveryRecord,
     DeliveryStatus,
+    HandlerRun,
     NewDelivery,
     StoredEvent,
     StoreResult,
@@ -59,6 +60,9 @@ class Storage(Protocol):
     async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
         """Record handler runs and the delivery's new state, and release its lease."""
 
+    async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
+        """Record handler runs outside a dispatch attempt (backfilling one handler)."""
+
     async def release_claims(self, owner: str) -> None: ...
 
     async def backlog(self) -> int:
@@ -97,3 +101,25 @@ class Storage(Protocol):
 
         True when requeued, False when its status does not allow it, None when unknown.
         """
+
+
+async def stream_deliveries(
+    storage: Storage,
+    *,
+    status: DeliveryStatus | None = None,
+    source: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    batch: int = 1000,
+) -> AsyncIterator[DeliveryRecord]:
+    """Every matching delivery in receipt order, one batch in memory at a time."""
+    after = 0
+    while True:
+        page = await storage.scan_deliveries(
+            after_seq=after, limit=batch, status=status, source=source, since=since, until=until
+        )
+        for record in page:
+            yield record
+        if len(page) < batch:
+            return
+        after = page[-1].seq

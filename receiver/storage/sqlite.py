@@ -22,6 +22,7 @@ from receiver.records import (
     DeliveryPage,
     DeliveryRecord,
     DeliveryStatus,
+    HandlerRun,
     NewDelivery,
     StoredEvent,
     StoreResult,
@@ -170,7 +171,7 @@ def save_events_in(
     conn.execute("UPDATE deliveries SET events_derived = 1 WHERE id = ?", (delivery_id,))
 
 
-def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> None:
+def _record_runs(conn: sqlite3.Connection, runs: Sequence[HandlerRun]) -> None:
     now = time.time()
     conn.executemany(
         """
@@ -192,9 +193,14 @@ def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> N
                 r.traceback,
                 now,
             )
-            for r in outcome.runs
+            for r in runs
         ],
     )
+
+
+def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> None:
+    now = time.time()
+    _record_runs(conn, outcome.runs)
     conn.execute(
         """
         UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
@@ -322,6 +328,9 @@ class SQLiteStorage:
 
     async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
         await self._writer.run(lambda conn: _finish(outcome, owner, conn))
+
+    async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
+        await self._writer.run(lambda conn: _record_runs(conn, runs))
 
     async def release_claims(self, owner: str) -> None:
         await self._writer.run(
