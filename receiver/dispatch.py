@@ -182,7 +182,9 @@ class Dispatcher:
                 delivery, self._failure(delivery, f"deriving events failed: {exc!r}", ()), events=0
             )
 
-        done = await self._storage.succeeded_runs([e.event_id for e in events])
+        wanted = [e.event_id for e in events if self._registry.handlers_for(e.name)]
+        # No handler for any of them (a ledger-only setup): no need to ask what already ran.
+        done = await self._storage.succeeded_runs(wanted) if wanted else set()
         runs: list[HandlerRun] = []
         for event in events:
             with structlog.contextvars.bound_contextvars(
@@ -209,13 +211,12 @@ class Dispatcher:
             return [Event.model_validate_json(s.payload_json) for s in stored]
         interpreter = self._registry.interpreter_for(delivery.kind)
         if interpreter is not None:
-            events = await interpreter(delivery)
-        else:
-            adapter = self._adapters.get(delivery.source)
-            if adapter is None:
-                raise PayloadError(f"source {delivery.source!r} is no longer configured")
-            events = adapter.events(delivery.source, delivery)
-        # Idempotent: an interpreter has already saved these with its own state.
+            # An interpreter saves its events in the transaction that holds its own state.
+            return await interpreter(delivery)
+        adapter = self._adapters.get(delivery.source)
+        if adapter is None:
+            raise PayloadError(f"source {delivery.source!r} is no longer configured")
+        events = adapter.events(delivery.source, delivery)
         await self._storage.save_events(
             delivery.id,
             [

@@ -9,6 +9,7 @@ replayed, and the dispatcher then runs every handler into the configured ledger.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sys
 import time
@@ -129,33 +130,52 @@ def _reason(status: int, answer: bytes) -> str:
 
 
 async def replay_local(
-    app: TaskhookApp, records: Iterator[Recorded | Unreadable], *, dry_run: bool = False
+    app: TaskhookApp,
+    records: Iterator[Recorded | Unreadable],
+    *,
+    dry_run: bool = False,
+    window: int = 512,
+    drain: bool = True,
 ) -> Summary:
+    """Feed `records` through the intake, then let the dispatcher finish them.
+
+    Up to `window` deliveries are in flight at once so they share group commits; each is
+    verified and parsed synchronously up to its store, so receipt order is file order.
+    """
     summary = Summary()
     progress = Progress()
+    pending: list[asyncio.Task[tuple[int, bytes]]] = []
+
+    async def settle() -> None:
+        for task in pending:
+            _count(summary, *(await task))
+            progress.tick(summary.total)
+        pending.clear()
+
     for record in records:
         if isinstance(record, Unreadable):
             summary.rejected[record.reason] += 1
+            continue
+        source = app.sources.get(record.source or "")
+        if source is None:
+            summary.rejected[f"unknown source {record.source!r}"] += 1
+        elif dry_run:
+            try:
+                source.check(record.body, record.headers, app.clock(), recorded=True)
+                source.adapter.parse(record.body, record.headers.get("content-type", ""))
+                summary.accepted += 1
+            except (VerificationError, PayloadError) as exc:
+                summary.rejected[str(exc)] += 1
         else:
-            source = app.sources.get(record.source or "")
-            if source is None:
-                summary.rejected[f"unknown source {record.source!r}"] += 1
-            elif dry_run:
-                try:
-                    source.check(record.body, record.headers, app.clock(), recorded=True)
-                    source.adapter.parse(record.body, record.headers.get("content-type", ""))
-                    summary.accepted += 1
-                except (VerificationError, PayloadError) as exc:
-                    summary.rejected[str(exc)] += 1
-            else:
-                status, answer = await app.intake.accept(
-                    source, record.body, record.headers, received_at=record.received_at,
-                    replayed=True,
-                )  # fmt: skip
-                _count(summary, status, answer)
-        progress.tick(summary.total)
+            pending.append(asyncio.ensure_future(app.intake.accept(
+                source, record.body, record.headers, received_at=record.received_at,
+                replayed=True,
+            )))  # fmt: skip
+            if len(pending) >= window:
+                await settle()
+    await settle()
     progress.close()
-    if not dry_run:
+    if drain and not dry_run:
         await app.dispatcher.drain(within=3600, wait_for_retries=False)
     return summary
 
