@@ -130,6 +130,17 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 1 if summary.runs_failed else 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from receiver.replay import replay_remote
+    from receiver.simulate import traffic
+
+    settings = _settings(args)
+    records = traffic(args.tasks, args.seed, args.source)
+    summary = asyncio.run(replay_remote(settings, records, url=args.to, rate=args.rate))
+    print(summary.render())
+    return 1 if summary.rejected else 0
+
+
 def _plugin_commands(argv: Sequence[str]) -> tuple[Any, list[Command]]:
     """The app for the configuration named in `argv`, and the commands its plugins offer."""
     from receiver.app import create_app
@@ -200,6 +211,18 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="verify and parse only")
     replay.set_defaults(func=cmd_replay)
 
+    simulate = sub.add_parser(
+        "simulate",
+        help="play a vendor: realistic signed task lifecycles to a receiver",
+        parents=[common],
+    )
+    simulate.add_argument("--to", metavar="URL", required=True)
+    simulate.add_argument("--source", default="refonte", help="target source (signs for it)")
+    simulate.add_argument("--tasks", type=int, default=100, help="labelled items to simulate")
+    simulate.add_argument("--rate", type=float, default=0.0, help="deliveries/s (0: no limit)")
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.set_defaults(func=cmd_simulate)
+
     rebuild = sub.add_parser(
         "rebuild",
         help="rebuild the ledger from stored deliveries (or backfill one handler)",
@@ -216,7 +239,18 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
 
 
 BUILTIN = frozenset(
-    {"serve", "migrate", "deliveries", "export", "sign", "replay", "rebuild", "-h", "--help"}
+    {
+        "serve",
+        "migrate",
+        "deliveries",
+        "export",
+        "sign",
+        "replay",
+        "rebuild",
+        "simulate",
+        "-h",
+        "--help",
+    }
 )
 
 

@@ -181,15 +181,25 @@ async def replay_local(
 
 
 async def replay_remote(
-    settings: Settings, records: Iterator[Recorded | Unreadable], *, url: str
+    settings: Settings,
+    records: Iterator[Recorded | Unreadable],
+    *,
+    url: str,
+    rate: float = 0.0,
 ) -> Summary:
-    """POST each recorded body to `url`, re-signed with its source's first secret."""
+    """POST each recorded body to `url`, re-signed with its source's first secret; at most
+    `rate` deliveries a second when it is above zero."""
     import httpx
 
     summary = Summary()
     progress = Progress()
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=30) as client:
+        started = time.monotonic()
         for record in records:
+            if rate > 0:
+                ahead = summary.total / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             if isinstance(record, Unreadable):
                 summary.rejected[record.reason] += 1
             elif (cfg := settings.sources.get(record.source or "")) is None:

@@ -226,3 +226,37 @@ def test_rebuild_handler_backfills_one_new_handler_once(tmp_path: Path) -> None:
     assert after == before + 3 and others == before
     unknown = run("rebuild", "--handler", "nope")
     assert unknown.returncode == 2 and "audit-counter" in unknown.stderr
+
+
+def test_simulate_plays_a_vendor_into_a_running_receiver(tmp_path: Path) -> None:
+    from receiver.simulate import traffic
+
+    first = [r.body for r in traffic(30, 5, "refonte")]
+    assert first == [r.body for r in traffic(30, 5, "refonte")]  # the seed fixes the traffic
+    assert len(set(first)) < len(first)  # exact duplicates and late retries are in it
+    target = write_config(tmp_path, "target")
+    with serving(tmp_path, "--config", str(target), env=clean_env()) as (base, _):
+        done = cli(target, "simulate", "--to", base, "--tasks", "30", "--seed", "5")
+        assert done.returncode == 0, done.stdout + done.stderr
+        for _ in range(200):  # until the receiver's dispatcher has applied every delivery
+            with sqlite3.connect(tmp_path / "target.db") as conn:
+                waiting = conn.execute(
+                    "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+                ).fetchone()[0]
+            if waiting == 0:
+                break
+            time.sleep(0.05)
+    summary = done.stdout
+    assert "0 rejected" in summary and " duplicate" in summary
+    with sqlite3.connect(tmp_path / "target.db") as conn:
+        items = conn.execute(
+            "SELECT count(DISTINCT unique_id) FROM ledger_tasks WHERE unique_id IS NOT NULL"
+        ).fetchone()[0]
+        errored = conn.execute(
+            "SELECT count(*) FROM ledger_tasks WHERE status = 'error'"
+        ).fetchone()[0]
+        stale = conn.execute("SELECT count(*) FROM ledger_history WHERE kind = 'stale'").fetchone()[
+            0
+        ]
+    assert items == 30  # every item ends with its unique_id held by one live task
+    assert errored >= 1 and stale >= 1
