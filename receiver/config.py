@@ -188,7 +188,8 @@ def load_settings(
 
 
 def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> Settings:
-    """The zero-config setup: `refonte` source keyed by ``$TASKHOOK_REFONTE_SECRET``.
+    """The zero-config setup: `refonte` source keyed by ``$TASKHOOK_REFONTE_SECRET``, and an
+    all-scopes API key from ``$TASKHOOK_OPS_KEY`` when that is set.
 
     Without a secret it refuses unless `insecure_dev`, in which case the source accepts anything.
     """
@@ -205,12 +206,17 @@ def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> 
             where="built-in default",
             key="sources.refonte.secrets",
         )
+    doc: dict[str, Any] = {
+        "database": {"url": "sqlite:///taskhook.db"},
+        "sources": {"refonte": source},
+        "insecure_dev": insecure_dev and not secret,
+    }
+    if environ.get("TASKHOOK_OPS_KEY"):
+        # One key with every scope, so the read/admin API works without a config file.
+        scopes = ["tasks.read", "deliveries.read", "deliveries.write", "task.read", "task.edit"]
+        doc["api"] = {"keys": {"ops": {"key_env": "TASKHOOK_OPS_KEY", "scopes": scopes}}}
     return settings_from_mapping(
-        {
-            "database": {"url": "sqlite:///taskhook.db"},
-            "sources": {"refonte": source},
-            "insecure_dev": insecure_dev and not secret,
-        },
+        doc,
         where="built-in default",
         environ=environ,
     )

@@ -179,3 +179,15 @@ def test_taskhook_toml_in_the_working_directory_is_used(
     write(tmp_path, GOOD)
     monkeypatch.chdir(tmp_path)
     assert load_settings(environ={"TASKHOOK_OPS_KEY": "k"}).database.url == "sqlite:///from-file.db"
+
+
+def test_local_default_offers_an_ops_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    without = load_settings(environ={"TASKHOOK_REFONTE_SECRET": "dev"})
+    assert without.api.keys == {}
+    settings = load_settings(environ={"TASKHOOK_REFONTE_SECRET": "dev", "TASKHOOK_OPS_KEY": "k"})
+    ops = settings.api.keys["ops"]
+    assert ops.key is not None and ops.key.get_secret_value() == "k"
+    assert "tasks.read" in ops.scopes and "deliveries.write" in ops.scopes

@@ -66,6 +66,7 @@ async def test_lifecycle_with_duplicates_and_a_late_retry(build_app: AppFactory)
         "task.recalled",
     ]
     assert task["status"] == "pending"
+    assert task["created_at"] == "2024-03-01T10:00:00.000Z"  # the vendor's text, not ours
     assert task["customer_review_status"] == "fixed"
     assert task["response"] is None
     kinds = [(h["kind"], h.get("event")) for h in task["history"]]

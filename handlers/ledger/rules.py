@@ -135,15 +135,29 @@ def _newest_audit(audits: list[Audit]) -> Audit | None:
     return max(dated, key=lambda a: _aware(a.audited_at)) if dated else None
 
 
-def apply(prior: TaskState | None, callback: RefonteCallback, *, holder: str | None) -> Outcome:
-    """Apply `callback` to `prior`; `holder` is the task currently bound to its unique_id."""
+def apply(
+    prior: TaskState | None,
+    callback: RefonteCallback,
+    *,
+    holder: str | None,
+    raw_task: dict[str, Any] | None = None,
+) -> Outcome:
+    """Apply `callback` to `prior`; `holder` is the task currently bound to its unique_id.
+
+    `raw_task` is the task object exactly as the vendor sent it; the ledger keeps that, so
+    the API shows the vendor's fields and formats, not a re-serialisation.
+    """
     task_id = callback.effective_task_id
     version = version_of(callback)
     if prior is not None and compare(version, prior.version) < 0:
         return Outcome(state=prior, stale=True)
 
     status = callback.effective_status
-    snapshot = callback.task.model_dump(mode="json", exclude_none=True)
+    snapshot = (
+        raw_task
+        if raw_task is not None
+        else callback.task.model_dump(mode="json", exclude_none=True)
+    )
     response = callback.response if callback.response is not None else callback.task.response
     at = version.updated_at
     events: list[Derived] = []

@@ -249,7 +249,8 @@ def _hand_over(
 def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[Event]:
     """Apply one stored delivery to the ledger and persist its events, atomically."""
     assert delivery.body is not None
-    callback = parse_callback(decode(delivery.body, delivery.content_type))
+    value = decode(delivery.body, delivery.content_type)
+    callback = parse_callback(value)
     task_id = callback.effective_task_id
     source = delivery.source
     prior = load_state(conn, task_id)
@@ -259,7 +260,7 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
             "SELECT task_id FROM ledger_unique_ids WHERE unique_id = ?", (callback.task.unique_id,)
         ).fetchone()
         holder = found[0] if found else None
-    outcome = apply(prior, callback, holder=holder)
+    outcome = apply(prior, callback, holder=holder, raw_task=value["task"])
     received = datetime.fromtimestamp(delivery.received_at, UTC)
     events = [
         Event(
