@@ -22,7 +22,7 @@ from receiver.api import build_routes
 from receiver.auth import KeyRing
 from receiver.config import Settings
 from receiver.dispatch import Dispatcher
-from receiver.intake import PREFIX, Intake, SourceRuntime
+from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake, SourceRuntime
 from receiver.metrics import Metrics
 from receiver.plugins import load_plugins
 from receiver.registry import HandlerRegistry
@@ -59,7 +59,7 @@ class TaskhookApp:
         if setup is not None:
             setup(self.registry)
         self.sources = {
-            name: SourceRuntime.build(name, src, adapter_for(src.kind))
+            name: SourceRuntime.build(name, src, adapter_for(src))
             for name, src in settings.sources.items()
         }
         self.dispatcher = Dispatcher(
@@ -84,7 +84,7 @@ class TaskhookApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             structlog.contextvars.clear_contextvars()
-            if scope["path"].startswith(PREFIX):
+            if scope["path"].startswith((PREFIX, WORKSTREAM_PREFIX)):
                 await self.intake(scope, receive, send)
                 return
         await self.http(scope, receive, send)

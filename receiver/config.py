@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from receiver.errors import ConfigError
 
-SourceKind = Literal["refonte"]
+SourceKind = Literal["refonte", "cloudfactory"]
 VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -50,6 +50,11 @@ class SourceSettings(_Strict):
     secrets_env: str | None = None
     tolerance_seconds: int = Field(default=300, ge=0)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, gt=0)
+    # cloudfactory: POST /v1/workstreams/{workstream_id}/task_completed (default: the name),
+    # and the use cases / task definitions the workstream accepts (empty: any).
+    workstream_id: str | None = None
+    use_case_ids: tuple[str, ...] = ()
+    task_definition_ids: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _complete(self) -> SourceSettings:
@@ -59,6 +64,8 @@ class SourceSettings(_Strict):
 
     @property
     def header_name(self) -> str:
+        if not self.header and self.kind == "cloudfactory" and self.verify == "header-token":
+            return "x-api-key"  # the Throughput API's per-workstream key
         return (self.header or DEFAULT_HEADERS.get(self.verify, "")).lower()
 
     def secret_values(self) -> tuple[str, ...]:

@@ -42,10 +42,14 @@ class VerificationError(TaskhookError):
 
 
 class PayloadError(TaskhookError):
-    """An authenticated body that cannot be parsed into its source kind's shape."""
+    """An authenticated body that cannot be parsed into its source kind's shape.
 
-    def __init__(self, reason: str) -> None:
+    `fields` names each bad field with why, when the body was JSON of the wrong shape.
+    """
+
+    def __init__(self, reason: str, fields: list[dict[str, str]] | None = None) -> None:
         self.reason = reason
+        self.fields = fields or []
         super().__init__(reason)
 
 

@@ -13,6 +13,7 @@ routing and request objects cost more than the verification itself (shared/PERF-
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from receiver.storage import Storage
 log = structlog.get_logger("taskhook.intake")
 
 PREFIX = "/callbacks/"
+WORKSTREAM_PREFIX = "/v1/workstreams/"
+WORKSTREAM_PATH = re.compile(r"^/v1/workstreams/([^/]+)/task_completed$")
 REDACTED = "[redacted]"
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
@@ -132,6 +135,11 @@ class Intake:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sources = dict(sources)
+        self._workstreams = {
+            rt.settings.workstream_id or rt.name: rt
+            for rt in sources.values()
+            if rt.settings.kind == "cloudfactory"
+        }
         self._storage = storage
         self._metrics = metrics
         self._on_stored = on_stored
@@ -151,12 +159,21 @@ class Intake:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = scope["path"][len(PREFIX) :]
-        source = self._sources.get(name)
+        path: str = scope["path"]
+        if path.startswith(PREFIX):
+            name = path[len(PREFIX) :]
+            source = self._sources.get(name)
+            missing = {"error": "unknown source", "source": name}
+        else:
+            match = WORKSTREAM_PATH.match(path)
+            workstream = match.group(1) if match else ""
+            source = self._workstreams.get(workstream)
+            missing = {"message": "workstream not found", "workstream_id": workstream}
         if source is None:
-            status, body = _json(404, {"error": "unknown source", "source": name})
+            status, body = _json(404, missing)
             await send_json(send, status, body)
             return
+        name = source.name
         if scope["method"] != "POST":
             status, body = _json(405, {"error": "method not allowed: POST a delivery"})
             await send_json(send, status, body, ((b"allow", b"POST"),))
@@ -216,6 +233,7 @@ class Intake:
         status = DeliveryStatus.RECEIVED
         task_id: str | None = None
         reason: str | None = None
+        fields: list[dict[str, str]] = []
         refusal = 400
         try:
             if not readable(content_type):
@@ -226,7 +244,7 @@ class Intake:
                 )
             task_id = source.adapter.parse(body, content_type).task_id
         except PayloadError as exc:
-            status, reason = DeliveryStatus.QUARANTINED, exc.reason
+            status, reason, fields = DeliveryStatus.QUARANTINED, exc.reason, exc.fields
 
         if verified.delivery_id:
             dedup_key = "id:" + verified.delivery_id
@@ -259,6 +277,8 @@ class Intake:
             self._counters[source.name, "unavailable"].inc()
             log.error("storage unavailable; answered 503", error=str(exc))
             return _json(503, {"error": "storage unavailable, retry later"})
+        if source.settings.kind == "cloudfactory":
+            return self._throughput_answer(source, result, refusal, fields)
         return self._answer(source, result, task_id, refusal)
 
     def _answer(
@@ -286,6 +306,23 @@ class Intake:
         log.debug("delivery stored")
         self._on_stored()
         return _json(200, {"status": "accepted", "delivery_id": result.delivery_id})
+
+    def _throughput_answer(
+        self, source: SourceRuntime, result: StoreResult, refusal: int, fields: list[dict[str, str]]
+    ) -> tuple[int, bytes]:
+        """The Throughput API's own answers: 202 with its message; 422 naming each field."""
+        structlog.contextvars.bind_contextvars(delivery_id=result.delivery_id)
+        if result.status is DeliveryStatus.QUARANTINED:
+            self._counters[source.name, "quarantined"].inc()
+            log.warning("throughput record refused", reason=result.error)
+            status = refusal if refusal == 415 or not fields else 422
+            return _json(status, {"message": result.error, "errors": fields,
+                                  "delivery_id": result.delivery_id})  # fmt: skip
+        outcome = "duplicate" if result.duplicate else "accepted"
+        self._counters[source.name, outcome].inc()
+        if not result.duplicate:
+            self._on_stored()
+        return _json(202, {"message": "Data successfully received."})
 
     def _refuse_large(self, source: SourceRuntime, limit: int) -> tuple[int, bytes]:
         self._counters[source.name, "too_large"].inc()

@@ -694,8 +694,13 @@ async def test_user_installs_example_and_it_posts_to_slack(
             environ={},
         )
     )
-    assert app.plugins == ["entry-point:ledger", "entry-point:log", "entry-point:slack_notify"]
-    assert names(app.registry) == ["builtin.log", PLUGIN_HANDLER]
+    assert app.plugins == [
+        "entry-point:ledger",
+        "entry-point:log",
+        "entry-point:slack_notify",
+        "entry-point:throughput",
+    ]
+    assert names(app.registry) == ["builtin.log", PLUGIN_HANDLER, "builtin.throughput"]
     assert [h.name for h in app.registry.handlers_for("task.completed")] == [
         PLUGIN_HANDLER,
         "builtin.log",

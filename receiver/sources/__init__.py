@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from receiver.config import SourceSettings
 from receiver.sources.base import Parsed, SourceAdapter
+from receiver.sources.cloudfactory import CloudFactoryAdapter
 from receiver.sources.refonte import RefonteAdapter
 
 __all__ = ["Parsed", "SourceAdapter", "adapter_for"]
 
 
-def adapter_for(kind: str) -> SourceAdapter:
-    """The adapter for a configured source `kind` (validated by the settings)."""
-    adapters: dict[str, SourceAdapter] = {"refonte": RefonteAdapter()}
-    return adapters[kind]
+def adapter_for(settings: SourceSettings) -> SourceAdapter:
+    """The adapter for a configured source (its kind was validated by the settings)."""
+    if settings.kind == "cloudfactory":
+        return CloudFactoryAdapter(settings)
+    return RefonteAdapter()
