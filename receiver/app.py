@@ -22,6 +22,7 @@ from receiver.api import build_routes
 from receiver.auth import KeyRing
 from receiver.config import Settings
 from receiver.dispatch import Dispatcher
+from receiver.events import EVENT_NAMES
 from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake, SourceRuntime
 from receiver.metrics import Metrics
 from receiver.plugins import load_plugins
@@ -52,7 +53,10 @@ class TaskhookApp:
         self.storage = storage or open_storage(
             settings.database.url, on_commit=self.metrics.observe_commit
         )
-        self.registry = HandlerRegistry(storage=self.storage, keys=self.keys)
+        declared = {name for src in settings.sources.values() for name in src.events}
+        self.registry = HandlerRegistry(
+            EVENT_NAMES | declared, storage=self.storage, keys=self.keys
+        )
         self.plugins = load_plugins(
             self.registry, specs=settings.handlers, use_entry_points=settings.entry_points
         )

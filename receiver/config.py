@@ -9,6 +9,7 @@ dotted key at fault.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from receiver.errors import ConfigError
 
-SourceKind = Literal["refonte", "cloudfactory"]
+SourceKind = Literal["refonte", "cloudfactory", "standard-webhooks"]
 VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+EVENT_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
 DEFAULT_HEADERS: dict[str, str] = {
     "header-token": "refonte-callback-auth",
     "hmac-sha256": "x-signature-sha256",
@@ -55,6 +57,18 @@ class SourceSettings(_Strict):
     workstream_id: str | None = None
     use_case_ids: tuple[str, ...] = ()
     task_definition_ids: tuple[str, ...] = ()
+    # standard-webhooks kind: the payload `type`s this source sends; each becomes an event
+    # name handlers can register for.
+    events: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _event_names(self) -> SourceSettings:
+        for name in self.events:
+            if not EVENT_NAME.fullmatch(name):
+                raise ValueError(f"event name {name!r} must look like 'invoice.paid'")
+        if self.kind == "standard-webhooks" and not self.events:
+            raise ValueError("a standard-webhooks source lists the event `events` it sends")
+        return self
 
     @model_validator(mode="after")
     def _complete(self) -> SourceSettings:

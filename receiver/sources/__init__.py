@@ -5,6 +5,7 @@ from __future__ import annotations
 from receiver.config import SourceSettings
 from receiver.sources.base import Parsed, SourceAdapter
 from receiver.sources.cloudfactory import CloudFactoryAdapter
+from receiver.sources.generic import GenericAdapter
 from receiver.sources.refonte import RefonteAdapter
 
 __all__ = ["Parsed", "SourceAdapter", "adapter_for"]
@@ -14,4 +15,6 @@ def adapter_for(settings: SourceSettings) -> SourceAdapter:
     """The adapter for a configured source (its kind was validated by the settings)."""
     if settings.kind == "cloudfactory":
         return CloudFactoryAdapter(settings)
+    if settings.kind == "standard-webhooks":
+        return GenericAdapter(settings)
     return RefonteAdapter()
