@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from receiver.cli_deliveries import add_parsers, run_deliveries, run_export
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, RegistryError, StorageUnavailable
 from receiver.logs import configure_logging
 from receiver.registry import Command
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -82,6 +84,19 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_app(app: Any, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(app)` with storage open and plugins started, no dispatcher polling."""
+
+    async def run() -> T:
+        await app.open()
+        try:
+            return await work(app)
+        finally:
+            await app.storage.close()
+
+    return asyncio.run(run())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.replay import read_recordings, replay_local, replay_remote
@@ -95,15 +110,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         # The replay drains the dispatcher itself; no background polling beside it.
         quiet = settings.dispatch.model_copy(update={"enabled": False})
         app = create_app(settings.model_copy(update={"dispatch": quiet}))
-
-        async def run() -> Any:
-            await app.open()
-            try:
-                return await replay_local(app, records, dry_run=args.dry_run)
-            finally:
-                await app.shutdown()
-
-        summary = asyncio.run(run())
+        summary = _with_app(app, lambda a: replay_local(a, records, dry_run=args.dry_run))
     print(summary.render(verb="would be accepted" if args.dry_run else "accepted"))
     return 1 if summary.rejected else 0
 
@@ -115,17 +122,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(format=settings.log.format, level="warning")
     app = create_app(settings)
-
-    async def run() -> Any:
-        await app.open()
-        try:
-            if args.handler:
-                return await backfill(app, args.handler)
-            return await rebuild(app)
-        finally:
-            await app.storage.close()
-
-    summary = asyncio.run(run())
+    summary = _with_app(app, lambda a: backfill(a, args.handler) if args.handler else rebuild(a))
     print(("backfilled " + args.handler + ": " if args.handler else "rebuilt: ") + summary.render())
     return 1 if summary.runs_failed else 0
 
@@ -154,14 +151,7 @@ def _plugin_commands(argv: Sequence[str]) -> tuple[Any, list[Command]]:
 
 
 def _run_plugin_command(app: Any, command: Command, args: argparse.Namespace) -> int:
-    async def run() -> int:
-        await app.open()
-        try:
-            return await command.run(args)
-        finally:
-            await app.storage.close()
-
-    return asyncio.run(run())
+    return _with_app(app, lambda _: command.run(args))
 
 
 def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:

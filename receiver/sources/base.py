@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from receiver.errors import PayloadError
 from receiver.events import Event
 from receiver.records import DeliveryRecord
 
@@ -30,3 +33,16 @@ class SourceAdapter(Protocol):
     def parse(self, body: bytes, content_type: str) -> Parsed: ...
 
     def events(self, source: str, delivery: DeliveryRecord) -> list[Event]: ...
+
+
+def invalid(what: str, fields: list[dict[str, str]]) -> PayloadError:
+    """A `PayloadError` naming each bad field: `what` says what the body failed to be."""
+    reason = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return PayloadError(f"{what}: {reason}", fields)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+        for err in exc.errors()
+    ]

@@ -17,7 +17,7 @@ from receiver.config import SourceSettings
 from receiver.errors import PayloadError
 from receiver.events import Event, event_id
 from receiver.records import DeliveryRecord
-from receiver.sources.base import Parsed
+from receiver.sources.base import Parsed, field_errors, invalid
 
 
 class TaskCompleted(BaseModel):
@@ -62,12 +62,7 @@ class CloudFactoryAdapter:
         try:
             record = TaskCompleted.model_validate(value)
         except ValidationError as exc:
-            fields = [
-                {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-                for err in exc.errors()
-            ]
-            reason = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-            raise PayloadError(f"invalid task_completed: {reason}", fields) from None
+            raise invalid("invalid task_completed", field_errors(exc)) from None
         fields = []
         if self._use_cases and record.use_case_id not in self._use_cases:
             fields.append({"field": "use_case_id",
@@ -79,8 +74,7 @@ class CloudFactoryAdapter:
             fields.append({"field": "task_completed_at",
                            "message": "is before task_started_at"})  # fmt: skip
         if fields:
-            reason = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-            raise PayloadError(f"invalid task_completed: {reason}", fields)
+            raise invalid("invalid task_completed", fields)
         return record
 
     def parse(self, body: bytes, content_type: str) -> Parsed:

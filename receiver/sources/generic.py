@@ -17,7 +17,7 @@ from receiver.config import SourceSettings
 from receiver.errors import PayloadError
 from receiver.events import Event, event_id
 from receiver.records import DeliveryRecord
-from receiver.sources.base import Parsed
+from receiver.sources.base import Parsed, field_errors, invalid
 
 
 class Envelope(BaseModel):
@@ -47,15 +47,7 @@ class GenericAdapter:
         try:
             envelope = Envelope.model_validate(decode(body, content_type))
         except ValidationError as exc:
-            fields = [
-                {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-                for err in exc.errors()
-            ]
-            raise PayloadError(
-                "not a Standard Webhooks payload: "
-                + "; ".join(f"{f['field']}: {f['message']}" for f in fields),
-                fields,
-            ) from None
+            raise invalid("not a Standard Webhooks payload", field_errors(exc)) from None
         if envelope.type not in self._events:
             raise PayloadError(
                 f"event type {envelope.type!r} is not declared in this source's `events`"

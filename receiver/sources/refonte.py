@@ -18,7 +18,7 @@ from receiver.bodies import decode
 from receiver.errors import PayloadError
 from receiver.events import Event, event_id
 from receiver.records import DeliveryRecord
-from receiver.sources.base import Parsed
+from receiver.sources.base import Parsed, field_errors, invalid
 
 
 class Audit(BaseModel):
@@ -87,11 +87,7 @@ def parse_callback(value: Any) -> RefonteCallback:
     try:
         callback = RefonteCallback.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise PayloadError(f"not a task callback: {problems}") from None
+        raise invalid("not a task callback", field_errors(exc)) from None
     if callback.task_id and callback.task_id != callback.task.task_id:
         raise PayloadError(
             f"task_id {callback.task_id!r} does not match task.task_id {callback.task.task_id!r}"
