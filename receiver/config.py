@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from receiver.errors import ConfigError
 
-SourceKind = Literal["refonte", "cloudfactory", "standard-webhooks"]
+SourceKind = Literal["refonte", "cloudfactory", "standard-webhooks", "document-review"]
 VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024

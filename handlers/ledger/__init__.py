@@ -9,8 +9,12 @@ handlers receive are what it meant: `rules`), keeps its tables in the app's data
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.ledger.api import build_routes
 from handlers.ledger.cli import command
+from handlers.ledger.review_api import build_review_routes
+from handlers.ledger.review_store import act, apply_review_delivery
 from handlers.ledger.store import apply_delivery, create_schema, reset
 from receiver.errors import RegistryError
 from receiver.events import Event
@@ -33,6 +37,22 @@ def register(registry: HandlerRegistry) -> None:
     async def empty() -> None:
         await storage.transact(reset)
 
+    async def interpret_review(delivery: DeliveryRecord) -> list[Event]:
+        events: list[Event] = await storage.transact(
+            lambda conn: apply_review_delivery(conn, delivery)
+        )
+        return events
+
+    async def operator(
+        task_id: str, action: str, reason: str | None, who: str
+    ) -> tuple[int, dict[str, Any]]:
+        result: tuple[int, dict[str, Any]] = await storage.transact(
+            lambda conn: act(conn, task_id, action, reason, who)
+        )
+        return result
+
+    registry.interpret("document-review", interpret_review)
+    registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_startup(create)
     registry.on_reset(empty)
     registry.interpret("refonte", interpret)

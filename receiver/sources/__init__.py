@@ -7,6 +7,7 @@ from receiver.sources.base import Parsed, SourceAdapter
 from receiver.sources.cloudfactory import CloudFactoryAdapter
 from receiver.sources.generic import GenericAdapter
 from receiver.sources.refonte import RefonteAdapter
+from receiver.sources.review import ReviewAdapter
 
 __all__ = ["Parsed", "SourceAdapter", "adapter_for"]
 
@@ -17,4 +18,6 @@ def adapter_for(settings: SourceSettings) -> SourceAdapter:
         return CloudFactoryAdapter(settings)
     if settings.kind == "standard-webhooks":
         return GenericAdapter(settings)
+    if settings.kind == "document-review":
+        return ReviewAdapter()
     return RefonteAdapter()

@@ -1,0 +1,80 @@
+"""Operators' document-review actions: ``POST /v1/task/{id}/complete|discard|unlock|report``
+and the batch form ``POST /v1/tasks/{action}`` (207 with a result per task). Scope
+``task.edit``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.auth import Denied, KeyRing
+
+Act = Callable[[str, str, str | None, str], Awaitable[tuple[int, dict[str, Any]]]]
+ACTIONS = ("complete", "discard", "unlock", "report")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    value = orjson.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("the body must be a JSON object")
+    return value
+
+
+def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
+    def authorize(request: Request) -> str | JSONResponse:
+        who = keys.authorize(request.headers.get("authorization"), "task.edit") if keys else None
+        if who is None or isinstance(who, Denied):
+            status, reason = (who.status, who.reason) if who else (401, "no API keys configured")
+            return JSONResponse({"error": reason}, status_code=status)
+        return who
+
+    def action_of(request: Request) -> str | None:
+        action = str(request.path_params["action"])
+        return action if action in ACTIONS else None
+
+    async def single(request: Request) -> Response:
+        who = authorize(request)
+        if isinstance(who, JSONResponse):
+            return who
+        action = action_of(request)
+        if action is None:
+            return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 404)
+        try:
+            reason = (await _body(request)).get("reason")
+        except ValueError as exc:
+            return JSONResponse({"error": f"body: {exc}"}, status_code=400)
+        status, answer = await act(request.path_params["task_id"], action, reason, who)
+        return JSONResponse(answer, status_code=status)
+
+    async def batch(request: Request) -> Response:
+        who = authorize(request)
+        if isinstance(who, JSONResponse):
+            return who
+        action = action_of(request)
+        if action is None:
+            return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 404)
+        try:
+            body = await _body(request)
+        except ValueError as exc:
+            return JSONResponse({"error": f"body: {exc}"}, status_code=400)
+        ids = body.get("task_ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return JSONResponse({"error": "task_ids must be a non-empty list of ids"}, 400)
+        results = []
+        for task_id in ids:
+            status, answer = await act(task_id, action, body.get("reason"), who)
+            results.append({"task_id": task_id, "status": status, "body": answer})
+        return JSONResponse({"results": results}, status_code=207)
+
+    return [
+        Route("/v1/task/{task_id}/{action}", single, methods=["POST"]),
+        Route("/v1/tasks/{action}", batch, methods=["POST"]),
+    ]
