@@ -119,7 +119,8 @@ class Dispatcher:
 
     async def claim_and_start(self) -> int:
         room = self._settings.concurrency - len(self._inflight)
-        if room <= 0:
+        if room <= 0 or (self._inflight and room < self._settings.concurrency // 4):
+            # Refill in chunks: a claim is a write transaction, not worth one per delivery.
             return 0
         claimed = await self._storage.claim_ready(
             owner=self.owner,
