@@ -40,7 +40,8 @@ def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
         action = str(request.path_params["action"])
         return action if action in ACTIONS else None
 
-    async def single(request: Request) -> Response:
+    async def prepare(request: Request) -> tuple[str, str, dict[str, Any]] | JSONResponse:
+        """(who, action, body) of an authorized request, or the answer refusing it."""
         who = authorize(request)
         if isinstance(who, JSONResponse):
             return who
@@ -48,23 +49,23 @@ def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
         if action is None:
             return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 404)
         try:
-            reason = (await _body(request)).get("reason")
+            return who, action, await _body(request)
         except ValueError as exc:
             return JSONResponse({"error": f"body: {exc}"}, status_code=400)
-        status, answer = await act(request.path_params["task_id"], action, reason, who)
+
+    async def single(request: Request) -> Response:
+        prepared = await prepare(request)
+        if isinstance(prepared, JSONResponse):
+            return prepared
+        who, action, body = prepared
+        status, answer = await act(request.path_params["task_id"], action, body.get("reason"), who)
         return JSONResponse(answer, status_code=status)
 
     async def batch(request: Request) -> Response:
-        who = authorize(request)
-        if isinstance(who, JSONResponse):
-            return who
-        action = action_of(request)
-        if action is None:
-            return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 404)
-        try:
-            body = await _body(request)
-        except ValueError as exc:
-            return JSONResponse({"error": f"body: {exc}"}, status_code=400)
+        prepared = await prepare(request)
+        if isinstance(prepared, JSONResponse):
+            return prepared
+        who, action, body = prepared
         ids = body.get("task_ids")
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
             return JSONResponse({"error": "task_ids must be a non-empty list of ids"}, 400)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from handlers.ledger import review
+from handlers.ledger.store import history as _history
 from handlers.ledger.store import iso
 from receiver.bodies import decode
 from receiver.events import Event, event_id
@@ -24,22 +25,6 @@ _NO_VERSION = (
     '{"updated_at": null, "audit_count": 0, "newest_audit": null, '
     '"completed_at": null, "status": "review"}'
 )
-
-
-def _history(
-    conn: sqlite3.Connection,
-    task_id: str,
-    delivery_id: str | None,
-    kind: str,
-    detail: dict[str, Any],
-    name: str | None = None,
-    event: str | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO ledger_history (task_id, delivery_id, kind, name, event_id, detail, at) "
-        "VALUES (?,?,?,?,?,?,?)",
-        (task_id, delivery_id, kind, name, event, orjson.dumps(detail).decode(), time.time()),
-    )  # fmt: skip
 
 
 def _current(conn: sqlite3.Connection, task_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -117,7 +102,15 @@ def apply_review_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) ->
             {"reason": snapshot.report.reason, "report": snapshot.report.model_dump(mode="json")},
         )
     for event in events:
-        _history(conn, task_id, delivery.id, "event", event.payload, event.name, event.event_id)
+        _history(
+            conn,
+            task_id,
+            delivery.id,
+            "event",
+            event.payload,
+            name=event.name,
+            event=event.event_id,
+        )
     save_events_in(conn, delivery.id, [
         StoredEvent(e.event_id, e.name, e.task_id, e.delivery_id, e.model_dump_json())
         for e in events

@@ -150,7 +150,7 @@ def load_state(conn: sqlite3.Connection, task_id: str) -> TaskState | None:
     )
 
 
-def _history(
+def history(
     conn: sqlite3.Connection,
     task_id: str,
     delivery_id: str | None,
@@ -237,7 +237,7 @@ def _hand_over(
         "UPDATE ledger_tasks SET unique_id = ?, claimed_unique_id = NULL WHERE task_id = ?",
         (unique_id, claimant),
     )
-    _history(
+    history(
         conn,
         claimant,
         delivery_id,
@@ -277,14 +277,14 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
     version = outcome.state.version.key() if not outcome.stale else None
     if outcome.stale:
         assert prior is not None
-        _history(conn, task_id, delivery.id, "stale", {
+        history(conn, task_id, delivery.id, "stale", {
             "status": callback.effective_status,
             "snapshot_updated_at": callback.task.updated_at.isoformat()
             if callback.task.updated_at else None,
             "applied_version": prior.version.key(),
         })  # fmt: skip
     else:
-        _history(conn, task_id, delivery.id, "applied", {
+        history(conn, task_id, delivery.id, "applied", {
             "status": outcome.state.status, "previous_status": prior.status if prior else None,
             "version": version,
         })  # fmt: skip
@@ -304,7 +304,7 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
                 (outcome.bind, task_id, time.time()),
             )
     for event in events:
-        _history(
+        history(
             conn,
             task_id,
             delivery.id,
