@@ -23,14 +23,13 @@ import structlog
 
 from receiver.config import DispatchSettings
 from receiver.errors import PayloadError, StorageUnavailable
-from receiver.events import Event
+from receiver.events import Event, persisted
 from receiver.metrics import Metrics
 from receiver.records import (
     DeliveryOutcome,
     DeliveryRecord,
     DeliveryStatus,
     HandlerRun,
-    StoredEvent,
     new_id,
 )
 from receiver.registry import HandlerRegistry
@@ -220,10 +219,7 @@ class Dispatcher:
         events = adapter.events(delivery.source, delivery)
         await self._storage.save_events(
             delivery.id,
-            [
-                StoredEvent(e.event_id, e.name, e.task_id, e.delivery_id, e.model_dump_json())
-                for e in events
-            ],
+            [persisted(e) for e in events],
         )
         return events
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from receiver.records import StoredEvent
+
 TASK_EVENTS = frozenset(
     {
         "task.completed",
@@ -57,3 +59,10 @@ def event_id(name: str, source: str, task_id: str | None, *parts: str) -> str:
     """A deterministic id for the fact (`name`, `task_id`, `parts`) from `source`."""
     digest = hashlib.sha256("\x1f".join((name, source, task_id or "", *parts)).encode()).hexdigest()
     return "evt_" + digest[:32]
+
+
+def persisted(event: Event) -> StoredEvent:
+    """The persisted form of `event` (its JSON is what handlers see again on a retry)."""
+    return StoredEvent(
+        event.event_id, event.name, event.task_id, event.delivery_id, event.model_dump_json()
+    )

@@ -15,11 +15,10 @@ import orjson
 
 from handlers.ledger import review
 from handlers.ledger.store import history as _history
-from handlers.ledger.store import iso
+from handlers.ledger.store import iso, record_events
 from receiver.bodies import decode
 from receiver.events import Event, event_id
-from receiver.records import DeliveryRecord, StoredEvent
-from receiver.storage.sqlite import save_events_in
+from receiver.records import DeliveryRecord
 
 _NO_VERSION = (
     '{"updated_at": null, "audit_count": 0, "newest_audit": null, '
@@ -101,20 +100,7 @@ def apply_review_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) ->
             "task.reported",
             {"reason": snapshot.report.reason, "report": snapshot.report.model_dump(mode="json")},
         )
-    for event in events:
-        _history(
-            conn,
-            task_id,
-            delivery.id,
-            "event",
-            event.payload,
-            name=event.name,
-            event=event.event_id,
-        )
-    save_events_in(conn, delivery.id, [
-        StoredEvent(e.event_id, e.name, e.task_id, e.delivery_id, e.model_dump_json())
-        for e in events
-    ])  # fmt: skip
+    record_events(conn, task_id, delivery.id, events)
     return events
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from receiver.sources.refonte import Audit, RefonteCallback
+from receiver.sources.refonte import Audit, RefonteCallback, task_flag
 
 STATUS_RANK = {"pending": 0, "error": 1, "canceled": 2, "completed": 3}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,18 +115,11 @@ class Outcome:
     release: str | None = None  # release this unique_id (the task held it)
 
 
-def _flag(callback: RefonteCallback, name: str) -> bool:
-    task = callback.task
-    extra = task.model_extra or {}
-    params = task.params or {}
-    return bool(getattr(task, name, None) or extra.get(name) or params.get(name))
-
-
 def releasing_unique_id(callback: RefonteCallback) -> bool:
     """Error with `clear_unique_id_on_error`, or cancel with `clear_unique_id` (task or params)."""
     status = callback.effective_status
-    return (status == "error" and _flag(callback, "clear_unique_id_on_error")) or (
-        status == "canceled" and _flag(callback, "clear_unique_id")
+    return (status == "error" and task_flag(callback.task, "clear_unique_id_on_error")) or (
+        status == "canceled" and task_flag(callback.task, "clear_unique_id")
     )
 
 
@@ -174,11 +167,11 @@ def apply(
             error = response.get("error") if isinstance(response, dict) else None
             payload = base | {
                 "error": error,
-                "clear_unique_id_on_error": _flag(callback, "clear_unique_id_on_error"),
+                "clear_unique_id_on_error": task_flag(callback.task, "clear_unique_id_on_error"),
             }
             events.append(Derived("task.errored", payload, vkey, at))
         elif status == "canceled":
-            payload = base | {"clear_unique_id": _flag(callback, "clear_unique_id")}
+            payload = base | {"clear_unique_id": task_flag(callback.task, "clear_unique_id")}
             events.append(Derived("task.canceled", payload, vkey, at))
 
     audits = callback.task.audits or []

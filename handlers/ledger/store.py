@@ -16,8 +16,8 @@ import orjson
 
 from handlers.ledger.rules import Outcome, TaskState, Version, apply
 from receiver.bodies import decode
-from receiver.events import Event, event_id
-from receiver.records import DeliveryRecord, StoredEvent
+from receiver.events import Event, event_id, persisted
+from receiver.records import DeliveryRecord
 from receiver.sources.refonte import parse_callback
 from receiver.storage.sqlite import save_events_in
 
@@ -246,6 +246,17 @@ def _hand_over(
     )
 
 
+def record_events(
+    conn: sqlite3.Connection, task_id: str, delivery_id: str, events: list[Event]
+) -> None:
+    """Put a delivery's events on the task's history and in the events tables, in the
+    caller's transaction."""
+    for event in events:
+        history(conn, task_id, delivery_id, "event", event.payload, name=event.name,
+                event=event.event_id)  # fmt: skip
+    save_events_in(conn, delivery_id, [persisted(e) for e in events])
+
+
 def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[Event]:
     """Apply one stored delivery to the ledger and persist its events, atomically."""
     assert delivery.body is not None
@@ -303,22 +314,7 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
                 "ON CONFLICT (unique_id) DO UPDATE SET task_id = excluded.task_id",
                 (outcome.bind, task_id, time.time()),
             )
-    for event in events:
-        history(
-            conn,
-            task_id,
-            delivery.id,
-            "event",
-            event.payload,
-            name=event.name,
-            event=event.event_id,
-        )
     if not outcome.stale:
         conn.execute("UPDATE ledger_meta SET generation = generation + 1 WHERE id = 1")
-    save_events_in(
-        conn,
-        delivery.id,
-        [StoredEvent(e.event_id, e.name, e.task_id, e.delivery_id, e.model_dump_json())
-         for e in events],
-    )  # fmt: skip
+    record_events(conn, task_id, delivery.id, events)
     return events

@@ -95,7 +95,8 @@ def parse_callback(value: Any) -> RefonteCallback:
     return callback
 
 
-def _flag(task: RefonteTask, name: str) -> bool:
+def task_flag(task: RefonteTask, name: str) -> bool:
+    """A boolean the vendor may set on the task itself or in its params."""
     extra = task.model_extra or {}
     return bool(getattr(task, name, None) or extra.get(name) or (task.params or {}).get(name))
 
@@ -139,12 +140,12 @@ class RefonteAdapter:
         if status == "completed":
             out.append(make("task.completed", base, version, at=task.completed_at or version_at))
         elif status == "canceled":
-            cleared = _flag(task, "clear_unique_id")
+            cleared = task_flag(task, "clear_unique_id")
             out.append(
                 make("task.canceled", base | {"clear_unique_id": cleared}, version, at=version_at)
             )
         elif status == "error":
-            cleared = _flag(task, "clear_unique_id_on_error")
+            cleared = task_flag(task, "clear_unique_id_on_error")
             error = response.get("error") if isinstance(response, dict) else None
             payload = base | {"clear_unique_id_on_error": cleared, "error": error}
             out.append(make("task.errored", payload, version, at=version_at))
