@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -71,8 +72,29 @@ def task_view(row: tuple[Any, ...]) -> dict[str, Any]:
 _VIEW = "t.task, t.status, t.unique_id, t.customer_review_status, t.response"
 
 
-def build_query(params: dict[str, str]) -> tuple[str, str, list[Any], int]:
-    """(FROM/WHERE for the page, FROM/WHERE for the total, arguments, limit)."""
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """A task listing's SQL parts: FROM, WHERE with its arguments, the page size, and the
+    created_at column the order and the time filters use (the tag table's, when joined)."""
+
+    source: str
+    where: str
+    args: list[Any]
+    limit: int
+    created: str
+
+    @property
+    def order(self) -> str:
+        return f"ORDER BY {self.created} DESC, t.task_id DESC"  # newest created first
+
+
+async def fetch_task(query: Query, task_id: str) -> dict[str, Any] | None:
+    """The task as the API shows it, or None."""
+    rows = await query(f"SELECT {_VIEW} FROM ledger_tasks AS t WHERE t.task_id = ?", [task_id])
+    return task_view(tuple(rows[0])) if rows else None
+
+
+def build_query(params: dict[str, str]) -> ListQuery:
     try:
         limit = int(params.get("limit", "100"))
     except ValueError:
@@ -100,7 +122,7 @@ def build_query(params: dict[str, str]) -> tuple[str, str, list[Any], int]:
     if "updated_after" in params:
         where.append("t.updated_at > ?")
         args.append(_time("updated_after", params["updated_after"]))
-    return source, " AND ".join(where) or "1", args, limit
+    return ListQuery(source, " AND ".join(where) or "1", args, limit, created)
 
 
 class TotalCache:
@@ -154,15 +176,14 @@ def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
 
     async def show(request: Request) -> Response:
         task_id = request.path_params["task_id"]
-        rows = await query(f"SELECT {_VIEW} FROM ledger_tasks AS t WHERE t.task_id = ?", [task_id])
-        if not rows:
+        task = await fetch_task(query, task_id)
+        if task is None:
             return JSONResponse({"error": "no such task", "task_id": task_id}, status_code=404)
         history = await query(
             "SELECT kind, name, event_id, delivery_id, detail, at FROM ledger_history "
             "WHERE task_id = ? ORDER BY seq",
             [task_id],
         )
-        task = task_view(tuple(rows[0]))
         task["history"] = [
             {
                 "kind": kind,
@@ -177,18 +198,18 @@ def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
 
     async def listing(request: Request) -> Response:
         params = dict(request.query_params)
-        source, where, args, limit = build_query(params)
-        created = "g.created_at" if "tag" in params else "t.created_at"
-        total = await totals.total(source, where, args)
-        page_where, page_args = where, list(args)
+        q = build_query(params)
+        limit = q.limit
+        total = await totals.total(q.source, q.where, q.args)
+        page_where, page_args = q.where, list(q.args)
         if token := params.get("next_token"):
             after_created, after_id = decode_token(token)
             # Newest first: the next page continues strictly below the last row seen.
-            page_where += f" AND ({created} < ? OR ({created} = ? AND t.task_id < ?))"
+            page_where += f" AND ({q.created} < ? OR ({q.created} = ? AND t.task_id < ?))"
             page_args += [after_created, after_created, after_id]
         rows = await query(
-            f"SELECT {_VIEW}, {created}, t.task_id FROM {source} WHERE {page_where} "
-            f"ORDER BY {created} DESC, t.task_id DESC LIMIT ?",
+            f"SELECT {_VIEW}, {q.created}, t.task_id FROM {q.source} WHERE {page_where} "
+            f"{q.order} LIMIT ?",
             [*page_args, limit + 1],
         )
         more = len(rows) > limit

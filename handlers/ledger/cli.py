@@ -7,7 +7,7 @@ from datetime import datetime
 
 import orjson
 
-from handlers.ledger.api import COLUMN_FILTERS, BadQuery, Query, build_query, task_view
+from handlers.ledger.api import COLUMN_FILTERS, BadQuery, Query, build_query, fetch_task
 from handlers.ledger.store import iso
 from receiver.registry import Command
 from receiver.tables import table
@@ -43,15 +43,10 @@ def command(query: Query) -> Command:
 
 
 async def show(query: Query, task_id: str, *, as_json: bool) -> int:
-    rows = await query(
-        "SELECT t.task, t.status, t.unique_id, t.customer_review_status, t.response "
-        "FROM ledger_tasks AS t WHERE t.task_id = ?",
-        [task_id],
-    )
-    if not rows:
+    task = await fetch_task(query, task_id)
+    if task is None:
         print(f"taskhook: no task {task_id!r} in the ledger")
         return 1
-    task = task_view(tuple(rows[0]))
     history = await query(
         "SELECT at, kind, name, delivery_id, detail FROM ledger_history WHERE task_id = ? "
         "ORDER BY seq",
@@ -78,18 +73,17 @@ def _short(detail: str, width: int = 60) -> str:
 
 async def listing(query: Query, params: dict[str, str]) -> int:
     try:
-        source, where, args, limit = build_query(params)
+        q = build_query(params)
     except BadQuery as exc:
         print(f"taskhook: {exc}")
         return 2
-    created = "g.created_at" if "tag" in params else "t.created_at"
     rows = await query(
         f"SELECT t.task_id, t.status, t.type, t.project, t.batch, t.unique_id, "
-        f"t.customer_review_status, t.created_at, t.updated_at FROM {source} WHERE {where} "
-        f"ORDER BY {created} DESC, t.task_id DESC LIMIT ?",
-        [*args, limit],
+        f"t.customer_review_status, t.created_at, t.updated_at FROM {q.source} "
+        f"WHERE {q.where} {q.order} LIMIT ?",
+        [*q.args, q.limit],
     )
-    total = (await query(f"SELECT count(*) FROM {source} WHERE {where}", args))[0][0]
+    total = (await query(f"SELECT count(*) FROM {q.source} WHERE {q.where}", q.args))[0][0]
     print(table(LIST_COLUMNS, rows))
     print(f"\n{len(rows)} of {total} task(s)")
     return 0
