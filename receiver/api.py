@@ -56,6 +56,7 @@ def delivery_summary(d: DeliveryRecord) -> dict[str, Any]:
         if d.key_index is None or d.key_index < 0
         else {"key_index": d.key_index, "key_fingerprint": d.key_fingerprint},
         "replayed": d.replayed,
+        "reconciled": d.reconciled,
         "processed_at": iso(d.processed_at),
     }
 

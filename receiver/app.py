@@ -10,6 +10,7 @@ everything else goes through a Starlette app with explicit routes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from receiver.events import EVENT_NAMES
 from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake, SourceRuntime
 from receiver.metrics import Metrics
 from receiver.plugins import load_plugins
+from receiver.reconcile import Reconciler, poller_for
 from receiver.registry import HandlerRegistry
 from receiver.sources import adapter_for
 from receiver.storage import Storage, open_storage
@@ -81,6 +83,7 @@ class TaskhookApp:
             on_stored=self.dispatcher.notify,
             clock=clock,
         )
+        self._pollers: list[asyncio.Task[None]] = []
         self.http = Starlette(
             routes=[*build_routes(self), *self.registry.routes], lifespan=self._lifespan
         )
@@ -109,6 +112,11 @@ class TaskhookApp:
             )
         if self.settings.dispatch.enabled:
             self.dispatcher.start()
+        for name, src in self.settings.sources.items():
+            if src.reconcile is not None and src.reconcile.enabled:
+                self._pollers.append(
+                    asyncio.create_task(self._poll(name, src.reconcile.interval_seconds))
+                )
         log.info(
             "taskhook started",
             sources=sorted(self.sources),
@@ -118,6 +126,10 @@ class TaskhookApp:
         )
 
     async def shutdown(self, grace: float = 10.0) -> None:
+        for task in self._pollers:
+            task.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        self._pollers.clear()
         await self.dispatcher.stop(grace)
         await self.storage.close()
         log.info("taskhook stopped")
@@ -134,6 +146,24 @@ class TaskhookApp:
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         async with self.started():
             yield
+
+    def reconciler(self, name: str) -> Reconciler:
+        """A poller of source `name` feeding this app's intake (close its `poller` after)."""
+        source = self.sources[name]
+        return Reconciler(
+            source,
+            poller_for(name, source.settings),
+            intake=self.intake,
+            storage=self.storage,
+            clock=self.clock,
+        )
+
+    async def _poll(self, name: str, interval: float) -> None:
+        reconciler = self.reconciler(name)
+        try:
+            await reconciler.forever(interval)
+        finally:
+            await reconciler.poller.aclose()
 
     async def retry(self, delivery_id: str) -> bool | None:
         """Requeue a failed/dead/quarantined delivery (the HTTP route and the CLI share this)."""

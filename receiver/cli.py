@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver.cli_deliveries import add_parsers, run_deliveries, run_export
+from receiver.cli_reconcile import add_parser as add_reconcile_parser
+from receiver.cli_reconcile import run_reconcile
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, RegistryError, StorageUnavailable
 from receiver.logs import configure_logging
@@ -74,9 +76,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
         return 2
     body = Path(args.file).read_bytes()
     headers = {"content-type": "application/json"}
-    if source.verify != "none":
+    if source.scheme != "none":
         headers |= verify.sign(
-            source.verify, body, source.secret_values()[0], header=source.header_name,
+            source.scheme, body, source.secret_values()[0], header=source.header_name,
             msg_id=new_id("msg_"), timestamp=int(time.time()),
         )  # fmt: skip
     for name, value in headers.items():
@@ -180,6 +182,7 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML file (else $TASKHOOK_CONFIG, ./taskhook.toml)")
     add_parsers(sub, common)
+    add_reconcile_parser(sub, common)
 
     sign = sub.add_parser(
         "sign",
@@ -238,6 +241,7 @@ BUILTIN = frozenset(
         "replay",
         "rebuild",
         "simulate",
+        "reconcile",
         "-h",
         "--help",
     }
@@ -263,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_deliveries(_settings(args), args))
         if args.command == "export":
             return asyncio.run(run_export(_settings(args), args))
+        if args.command == "reconcile":
+            return asyncio.run(run_reconcile(_settings(args), args))
         code: int = args.func(args)
     except (ConfigError, RegistryError, StorageUnavailable) as exc:
         print(f"taskhook: {exc}", file=sys.stderr)

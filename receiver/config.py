@@ -15,11 +15,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from receiver.errors import ConfigError
 
-SourceKind = Literal["refonte", "cloudfactory", "standard-webhooks", "document-review"]
+SourceKind = Literal[
+    "refonte", "cloudfactory", "standard-webhooks", "document-review", "clarifai", "taskmonk"
+]
+# Kinds whose vendor never calls back: their deliveries come only from the poller.
+POLLED_KINDS = frozenset({"clarifai", "taskmonk"})
+TASKMONK_URLS = {"staging": "https://preprod.taskmonk.io", "production": "https://api.taskmonk.io"}
+DEFAULT_API_URLS = {"refonte": "https://api.refonte.com", "clarifai": "https://api.clarifai.com"}
 VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -44,9 +59,46 @@ class DatabaseSettings(_Strict):
         return self
 
 
+class ReconcileSettings(_Strict):
+    """How to poll a source's vendor API (``[sources.NAME.reconcile]``)."""
+
+    # `base_url` wins; TaskMonk otherwise picks its staging or production API by `environment`.
+    base_url: str | None = None
+    environment: Literal["staging", "production"] = "production"
+    # refonte: HTTP basic with the key as user name; clarifai: ``Authorization: Key ...``
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    # taskmonk: OAuth2 client credentials
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_env: str | None = None
+    token_url: str | None = None
+    project_id: str | None = None
+    # clarifai: tasks of one app (``/v2/users/{user_id}/apps/{app_id}/tasks``), else ``/v2/tasks``
+    user_id: str | None = None
+    app_id: str | None = None
+    # taskmonk: the output fields to ask for (empty: every field)
+    output_fields: tuple[str, ...] = ()
+    # Run the poller inside `taskhook serve` every `interval_seconds`.
+    enabled: bool = False
+    interval_seconds: float = Field(default=300.0, gt=0)
+    # refonte: poll `updated_after` this long before the last pass began (clock skew, and
+    # tasks committed while the previous pass ran).
+    overlap_seconds: float = Field(default=300.0, ge=0)
+    page_size: int = Field(default=100, ge=1, le=1000)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+
+    def secret(self) -> str:
+        return self.api_key.get_secret_value() if self.api_key else ""
+
+
 class SourceSettings(_Strict):
     kind: SourceKind
-    verify: VerifyScheme
+    # Required, except for polled kinds (nothing calls them back, so nothing to verify).
+    verify: VerifyScheme | None = Field(default=None, validate_default=True)
     header: str = ""
     secrets: tuple[SecretStr, ...] = ()
     secrets_env: str | None = None
@@ -60,6 +112,14 @@ class SourceSettings(_Strict):
     # standard-webhooks kind: the payload `type`s this source sends; each becomes an event
     # name handlers can register for.
     events: tuple[str, ...] = ()
+    reconcile: ReconcileSettings | None = None
+
+    @field_validator("verify")
+    @classmethod
+    def _verify_unless_polled(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("kind") not in POLLED_KINDS:
+            raise ValueError("Field required")
+        return value
 
     @model_validator(mode="after")
     def _event_names(self) -> SourceSettings:
@@ -72,15 +132,49 @@ class SourceSettings(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> SourceSettings:
-        if self.verify != "none" and not self.secrets:
+        if self.kind in POLLED_KINDS:
+            if self.verify is not None:
+                raise ValueError(f"a {self.kind} source is polled, not called back: no `verify`")
+            if self.reconcile is None:
+                raise ValueError(f"a {self.kind} source needs a [reconcile] table")
+        elif self.verify != "none" and not self.secrets:
             raise ValueError(f"verify = {self.verify!r} needs `secrets` or `secrets_env`")
+        if self.reconcile is not None:
+            self._check_reconcile(self.reconcile)
         return self
+
+    def _check_reconcile(self, rc: ReconcileSettings) -> None:
+        if self.kind not in ("refonte", "clarifai", "taskmonk"):
+            raise ValueError(f"a {self.kind} source has no vendor API to reconcile against")
+        if self.kind == "taskmonk":
+            if not (rc.client_id and rc.client_secret and rc.project_id):
+                raise ValueError("reconcile needs client_id, client_secret and project_id")
+        elif rc.api_key is None:
+            raise ValueError("reconcile needs `api_key` or `api_key_env`")
+
+    @property
+    def scheme(self) -> VerifyScheme:
+        """The verification scheme; a polled source's synthesized deliveries carry none."""
+        return self.verify or "none"
+
+    @property
+    def polled(self) -> bool:
+        return self.kind in POLLED_KINDS
+
+    @property
+    def api_url(self) -> str:
+        rc = self.reconcile
+        if rc is not None and rc.base_url:
+            return rc.base_url.rstrip("/")
+        if self.kind == "taskmonk":
+            return TASKMONK_URLS[rc.environment if rc else "production"]
+        return DEFAULT_API_URLS.get(self.kind, "")
 
     @property
     def header_name(self) -> str:
         if not self.header and self.kind == "cloudfactory" and self.verify == "header-token":
             return "x-api-key"  # the Throughput API's per-workstream key
-        return (self.header or DEFAULT_HEADERS.get(self.verify, "")).lower()
+        return (self.header or DEFAULT_HEADERS.get(self.scheme, "")).lower()
 
     def secret_values(self) -> tuple[str, ...]:
         return tuple(s.get_secret_value() for s in self.secrets)
@@ -152,6 +246,18 @@ def settings_from_mapping(
                     key=f"sources.{name}.secrets_env",
                 )
             src["secrets"] = [*src.get("secrets", []), *found]
+        if isinstance(rc := src.get("reconcile"), Mapping):
+            rc = dict(rc)
+            for field in ("api_key", "client_secret"):
+                if var := rc.get(f"{field}_env"):
+                    if not env.get(str(var)):
+                        raise ConfigError(
+                            f"environment variable {var} is empty or unset",
+                            where=where,
+                            key=f"sources.{name}.reconcile.{field}_env",
+                        )
+                    rc[field] = env[str(var)]
+            src["reconcile"] = rc
         sources[name] = src
     if sources:
         doc["sources"] = sources

@@ -71,3 +71,14 @@ class RegistryError(TaskhookError):
 
 class HandlerError(TaskhookError):
     """A handler raised while processing an event."""
+
+
+class VendorError(TaskhookError):
+    """A vendor API polled by reconciliation answered with an error, or not at all, after
+    the retries it deserved. The pass stops; its cursor stays where it was."""
+
+    def __init__(self, source: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+        self.status = status

@@ -60,6 +60,7 @@ class NewDelivery:
     key_fingerprint: str | None = None
     error: str | None = None
     replayed: bool = False
+    reconciled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class DeliveryRecord:
     replayed: bool
     events_derived: bool
     processed_at: float | None
+    reconciled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

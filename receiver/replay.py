@@ -208,10 +208,10 @@ async def replay_remote(
                 headers = {"content-type": record.headers.get("content-type", "application/json")}
                 if media_type(headers["content-type"]) == "":
                     headers["content-type"] = "application/json"
-                if cfg.verify != "none":
+                if cfg.scheme != "none":
                     msg_id = record.headers.get("webhook-id") or new_id("msg_")
                     headers |= verify.sign(
-                        cfg.verify, record.body, cfg.secret_values()[0],
+                        cfg.scheme, record.body, cfg.secret_values()[0],
                         header=cfg.header_name, msg_id=msg_id, timestamp=int(time.time()),
                     )  # fmt: skip
                 try:

@@ -1,7 +1,8 @@
 """The built-in task ledger for Refonte-style sources.
 
 Registered through the ``taskhook.handlers`` entry-point seam like any plugin: it becomes the
-interpreter of ``refonte`` deliveries (each snapshot is applied to the ledger, and the events
+interpreter of ``refonte`` deliveries and of the snapshots the ``clarifai`` and ``taskmonk``
+pollers synthesize (each snapshot is applied to the ledger, and the events
 handlers receive are what it meant: `rules`), keeps its tables in the app's database
 (`store`), serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`), and offers
 ``taskhook tasks list|show`` (`cli`).
@@ -55,6 +56,8 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_startup(create)
     registry.on_reset(empty)
-    registry.interpret("refonte", interpret)
+    # Pollers of vendors that never call back synthesize Refonte-shaped snapshots.
+    for kind in ("refonte", "clarifai", "taskmonk"):
+        registry.interpret(kind, interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))
     registry.add_command(command(storage.query))

@@ -20,4 +20,5 @@ def adapter_for(settings: SourceSettings) -> SourceAdapter:
         return GenericAdapter(settings)
     if settings.kind == "document-review":
         return ReviewAdapter()
+    # refonte, and the polled kinds: their pollers synthesize Refonte-shaped task snapshots.
     return RefonteAdapter()

@@ -102,6 +102,15 @@ class Storage(Protocol):
         True when requeued, False when its status does not allow it, None when unknown.
         """
 
+    async def known_bodies(self, source: str, dedup_keys: Sequence[str]) -> set[str]:
+        """Which of `dedup_keys` an original delivery of `source` already carries: a poller
+        skips what it has already fed, instead of storing a duplicate row per pass."""
+
+    async def load_cursor(self, source: str) -> str | None:
+        """Where `source`'s reconciliation poller got to (its own opaque text)."""
+
+    async def save_cursor(self, source: str, cursor: str, *, now: float) -> None: ...
+
 
 async def stream_deliveries(
     storage: Storage,

@@ -37,20 +37,20 @@ T = TypeVar("T")
 _COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
     "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
-    "last_traceback, duplicate_of, replayed, events_derived, processed_at"
+    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled"
 )
 
 _INSERT_COLUMNS = (
     "id, source, kind, received_at, headers, body, content_type, dedup_key, "
     "sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
-    "duplicate_of, replayed, updated_at"
+    "duplicate_of, replayed, updated_at, reconciled"
 )
 _INSERT = (
-    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
 )
 _INSERT_DUPLICATE = (
-    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _FIND_ORIGINAL = (
@@ -82,7 +82,7 @@ def _insert_params(
         d.key_fingerprint,
         DeliveryStatus.DUPLICATE.value if duplicate_of else d.status.value,
         None if duplicate_of else d.error,
-        duplicate_of, int(d.replayed), d.received_at,
+        duplicate_of, int(d.replayed), d.received_at, int(d.reconciled),
     )  # fmt: skip
 
 
@@ -125,6 +125,7 @@ def _row_to_record(row: Sequence[Any]) -> DeliveryRecord:
         replayed=bool(row[18]),
         events_derived=bool(row[19]),
         processed_at=row[20],
+        reconciled=bool(row[21]),
     )
 
 
@@ -416,6 +417,31 @@ class SQLiteStorage:
         if changed:
             return True
         return None if await self.get_delivery(delivery_id) is None else False
+
+    async def known_bodies(self, source: str, dedup_keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(dedup_keys), 500):  # under SQLite's bound-parameter limit
+            chunk = list(dedup_keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                "SELECT dedup_key FROM deliveries WHERE source = ? AND duplicate_of IS NULL "
+                f"AND dedup_key IN ({marks})",
+                [source, *chunk],
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    async def load_cursor(self, source: str) -> str | None:
+        rows = await self._read("SELECT cursor FROM reconcile_cursors WHERE source = ?", [source])
+        return str(rows[0][0]) if rows else None
+
+    async def save_cursor(self, source: str, cursor: str, *, now: float) -> None:
+        await self._writer.run(lambda conn: conn.execute(
+            "INSERT INTO reconcile_cursors (source, cursor, updated_at) VALUES (?,?,?) "
+            "ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, "
+            "updated_at = excluded.updated_at",
+            (source, cursor, now),
+        ))  # fmt: skip
 
 
 __all__ = ["SQLiteStorage", "new_id", "sqlite_path"]

@@ -71,6 +71,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (event_id, handler)
     );
     """,
+    # 2: deliveries synthesized by reconciliation pollers, and where each poller got to
+    """
+    ALTER TABLE deliveries ADD COLUMN reconciled INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE reconcile_cursors (
+        source     TEXT PRIMARY KEY,
+        cursor     TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 
 
