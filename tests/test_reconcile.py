@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from receiver.app import TaskhookApp
 from receiver.config import settings_from_mapping
 from receiver.errors import ConfigError, VendorError
+from receiver.reconcile.http import ClientCredentials, VendorClient, retry_after
 from receiver.reconcile.refonte import RefontePoller
 from tests.conftest import READ_KEY, SECRET, AppFactory, client_for, signed
 from tests.test_cli import TASKHOOK, clean_env
@@ -379,3 +380,34 @@ async def test_serve_polls_sources_with_reconcile_enabled(build_app: AppFactory)
         settled = len(fake.seen)
         await asyncio.sleep(0.2)
         assert len(fake.seen) == settled  # and stops with the app
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    assert retry_after("7", now=0.0) == 7.0
+    assert retry_after("Mon, 23 Nov 2026 10:00:30 GMT", now=1795428000.0) == 30.0
+    assert retry_after("Mon, 23 Nov 2026 09:00:00 GMT", now=1795428000.0) == 0.0
+    assert retry_after("soon", now=0.0) is None and retry_after(None, now=0.0) is None
+
+
+async def test_the_token_is_refreshed_shortly_before_it_expires() -> None:
+    fake = Fake()
+    now = [1000.0]
+    with serving(taskmonk_api(fake, "cid", "csecret", "p9", expires_in=600)) as url:
+        settings = settings_from_mapping(
+            {"sources": {"t": taskmonk_settings(url)}}, environ={}
+        ).sources["t"]
+        assert settings.reconcile is not None
+        credentials = ClientCredentials(
+            f"{url}/api/oauth2/token", "cid", "csecret", clock=lambda: now[0]
+        )
+        client = VendorClient("t", url, settings.reconcile, authorization=credentials)
+        try:
+            for at in (1000.0, 1300.0, 1539.0):  # within expires_in less the margin
+                now[0] = at
+                await client.json("GET", "/api/project/p9/batch")
+            assert fake.counts["tokens"] == 1
+            now[0] = 1541.0  # a minute before expiry: a new token first
+            await client.json("GET", "/api/project/p9/batch")
+            assert fake.counts["tokens"] == 2
+        finally:
+            await client.aclose()
