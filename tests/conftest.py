@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,34 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def build_app(db_path: Path) -> AppFactory:
+def backend() -> str:
+    """The storage backend of `build_app`; modules that run on both override this fixture
+    with ``params=BACKENDS``."""
+    return "sqlite"
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture
+def db_url(backend: str, db_path: Path) -> Iterator[str]:
+    if backend == "postgres":
+        from tests.pg import fresh_database
+
+        with fresh_database() as url:
+            yield url
+    else:
+        yield f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def build_app(db_url: str, db_path: Path) -> AppFactory:
     def build(
         setup: Callable[[HandlerRegistry], None] | None = None,
         clock: Callable[[], float] | None = None,
         **overrides: Any,
     ) -> TaskhookApp:
+        overrides.setdefault("database", {"url": db_url})
         settings = make_settings(db_path, **overrides)
         if clock is None:
             return create_app(settings, setup=setup)
@@ -111,3 +133,12 @@ def signed(secret: str = SECRET) -> dict[str, str]:
 
 def ops(key: str = OPS_KEY) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own."""
+    from tests.pg import fresh_database
+
+    with fresh_database() as url:
+        yield url

@@ -8,7 +8,13 @@ import httpx
 import pytest
 
 from receiver.app import TaskhookApp
-from tests.conftest import OPS_KEY, READ_KEY, client_for, ops, sample, signed
+from tests.conftest import BACKENDS, OPS_KEY, READ_KEY, client_for, ops, sample, signed
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.mark.parametrize(

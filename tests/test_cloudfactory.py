@@ -10,7 +10,14 @@ import httpx
 import pytest
 
 from receiver.app import TaskhookApp
-from tests.conftest import READ_KEY, SAMPLES, AppFactory, client_for
+from tests.conftest import BACKENDS, READ_KEY, SAMPLES, AppFactory, client_for
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 WS = "ws-7"
 KEY = "loAwlMCCxv4TlpLWR8a2e6"

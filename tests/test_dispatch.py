@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from receiver.app import TaskhookApp
 from receiver.events import Event
 from receiver.registry import HandlerRegistry
-from tests.conftest import AppFactory, client_for, ops, sample, sample_json, signed
+from tests.conftest import BACKENDS, AppFactory, client_for, ops, sample, sample_json, signed
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 def snapshot(task_id: str, n: int, status: str = "completed") -> bytes:
@@ -31,11 +37,14 @@ async def post(client: httpx.AsyncClient, body: bytes) -> dict[str, Any]:
     return answer
 
 
-def delivery_rows(db: Path) -> list[tuple[str, str, int]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT id, status, attempts FROM deliveries WHERE status != 'duplicate' ORDER BY seq"
-        ).fetchall()
+async def delivery_rows(app: TaskhookApp) -> list[tuple[str, str, int]]:
+    """(id, status, attempts) of each original delivery, in receipt order (either backend)."""
+    await app.storage.open()
+    try:
+        rows = await app.storage.scan_deliveries()
+    finally:
+        await app.storage.close()
+    return [(d.id, d.status.value, d.attempts) for d in rows if d.duplicate_of is None]
 
 
 async def test_events_reach_handlers_typed(build_app: AppFactory) -> None:
@@ -113,7 +122,7 @@ async def test_a_task_is_handled_in_receipt_order_while_others_run(build_app: Ap
 
 
 async def test_a_failing_handler_is_retried_then_succeeds(
-    build_app: AppFactory, db_path: Path
+    build_app: AppFactory,
 ) -> None:
     calls = 0
 
@@ -130,7 +139,7 @@ async def test_a_failing_handler_is_retried_then_succeeds(
         await post(client, sample("01-completed.json"))
         await app.dispatcher.drain()
     assert calls == 3
-    assert [(s, a) for _, s, a in delivery_rows(db_path)] == [("processed", 3)]
+    assert [(s, a) for _, s, a in await delivery_rows(build_app())] == [("processed", 3)]
 
 
 async def test_retry_reruns_only_the_handlers_that_failed(build_app: AppFactory) -> None:
@@ -218,13 +227,13 @@ async def test_retrying_a_dead_delivery_runs_it_again(build_app: AppFactory) -> 
 
 
 async def test_unfinished_deliveries_resume_after_a_restart(
-    build_app: AppFactory, db_path: Path
+    build_app: AppFactory,
 ) -> None:
     first = build_app()  # dispatch disabled: stored, never processed, then the process "dies"
     async with first.started(), client_for(first) as client:
         for n in range(4):
             await post(client, snapshot(f"task-{n}", n))
-    assert {s for _, s, _ in delivery_rows(db_path)} == {"received"}
+    assert {s for _, s, _ in await delivery_rows(build_app())} == {"received"}
 
     seen: list[str] = []
     second = build_app(
@@ -237,11 +246,11 @@ async def test_unfinished_deliveries_resume_after_a_restart(
                 break
             await asyncio.sleep(0.01)
     assert sorted(seen) == [f"task-{n}" for n in range(4)]
-    assert {s for _, s, _ in delivery_rows(db_path)} == {"processed"}
+    assert {s for _, s, _ in await delivery_rows(build_app())} == {"processed"}
 
 
 async def test_an_expired_lease_from_a_dead_worker_is_picked_up(
-    build_app: AppFactory, db_path: Path
+    build_app: AppFactory,
 ) -> None:
     now = [1_700_000_000.0]
     seen: list[str] = []

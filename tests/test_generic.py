@@ -13,7 +13,14 @@ from receiver.errors import ConfigError, RegistryError
 from receiver.events import Event
 from receiver.registry import HandlerRegistry
 from receiver.verify import sign_standard_webhooks
-from tests.conftest import AppFactory, client_for
+from tests.conftest import BACKENDS, AppFactory, client_for
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BILLING = {

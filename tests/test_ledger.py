@@ -10,7 +10,23 @@ import pytest
 
 from receiver.app import TaskhookApp
 from receiver.events import Event
-from tests.conftest import READ_KEY, AppFactory, client_for, ops, sample, sample_json, signed
+from tests.conftest import (
+    BACKENDS,
+    READ_KEY,
+    AppFactory,
+    client_for,
+    ops,
+    sample,
+    sample_json,
+    signed,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 READ = {"authorization": f"Bearer {READ_KEY}"}
 LIFECYCLE_ID = "65f0c0de0000000000000001"

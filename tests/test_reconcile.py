@@ -20,9 +20,16 @@ from receiver.config import settings_from_mapping
 from receiver.errors import ConfigError, VendorError
 from receiver.reconcile.http import ClientCredentials, VendorClient, retry_after
 from receiver.reconcile.refonte import RefontePoller
-from tests.conftest import READ_KEY, SECRET, AppFactory, client_for, signed
+from tests.conftest import BACKENDS, READ_KEY, SECRET, AppFactory, client_for, signed
 from tests.test_cli import TASKHOOK, clean_env
 from tests.vendors import Fake, clarifai_api, refonte_api, serving, taskmonk_api
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 READ = {"authorization": f"Bearer {READ_KEY}"}
 API_KEY = "vendor-api-key"

@@ -11,7 +11,14 @@ import pytest
 from handlers.ledger.review import action_target, check
 from receiver.app import TaskhookApp
 from receiver.events import Event
-from tests.conftest import AppFactory, client_for
+from tests.conftest import BACKENDS, AppFactory, client_for
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 EDITOR = "editor-key"
 READER = "reader-key"

@@ -122,7 +122,7 @@ def build_query(params: dict[str, str]) -> ListQuery:
     if "updated_after" in params:
         where.append("t.updated_at > ?")
         args.append(_time("updated_after", params["updated_after"]))
-    return ListQuery(source, " AND ".join(where) or "1", args, limit, created)
+    return ListQuery(source, " AND ".join(where) or "1 = 1", args, limit, created)
 
 
 class TotalCache:

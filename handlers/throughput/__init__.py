@@ -88,7 +88,7 @@ def report_routes(storage: Any, keys: KeyRing | None) -> list[Route]:
             status, reason = (who.status, who.reason) if who else (401, "no API keys configured")
             return JSONResponse({"error": reason}, status_code=status)
         q = request.query_params
-        where, args = ["1"], []
+        where, args = ["1 = 1"], []
         for name, clause in (("worker_id", "worker_id = ?"), ("use_case_id", "use_case_id = ?"),
                              ("since", "day >= ?"), ("until", "day <= ?")):  # fmt: skip
             if name in q:

@@ -14,6 +14,13 @@ def open_storage(url: str, *, on_commit: CommitObserver | None = None) -> Storag
         from receiver.storage.sqlite import SQLiteStorage
 
         return SQLiteStorage(url, on_commit=on_commit)
-    raise ConfigError(
-        "only sqlite:/// URLs are supported by this version", where="database.url", key=url
-    )
+    if url.startswith(("postgresql:", "postgres:")):
+        try:
+            from receiver.storage.postgres import PostgresStorage
+        except ImportError:
+            raise ConfigError(
+                "PostgreSQL needs the `postgres` extra: pip install 'taskhook[postgres]'",
+                where="database.url",
+            ) from None
+        return PostgresStorage(url, on_commit=on_commit)
+    raise ConfigError("use a sqlite:/// or postgresql:// URL", where="database.url", key=url)

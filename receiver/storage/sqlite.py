@@ -29,28 +29,18 @@ from receiver.records import (
     new_id,
 )
 from receiver.storage.base import CommitObserver
+from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to_record
 from receiver.storage.sqlite_schema import migrate
 from receiver.storage.writer import Writer, connect
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
-    "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
-    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled"
-)
-
-_INSERT_COLUMNS = (
-    "id, source, kind, received_at, headers, body, content_type, dedup_key, "
-    "sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
-    "duplicate_of, replayed, updated_at, reconciled"
-)
 _INSERT = (
-    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
 )
 _INSERT_DUPLICATE = (
-    f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _FIND_ORIGINAL = (
@@ -71,24 +61,9 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def _insert_params(
-    d: NewDelivery, headers: str, *, duplicate_of: str | None = None
-) -> tuple[Any, ...]:
-    # A duplicate receipt keeps its own headers and time, not a second copy of the body.
-    return (
-        d.id, d.source, d.kind, d.received_at, headers,
-        None if duplicate_of else d.body,
-        d.content_type, d.dedup_key, d.sender_delivery_id, d.task_id, d.key_index,
-        d.key_fingerprint,
-        DeliveryStatus.DUPLICATE.value if duplicate_of else d.status.value,
-        None if duplicate_of else d.error,
-        duplicate_of, int(d.replayed), d.received_at, int(d.reconciled),
-    )  # fmt: skip
-
-
 def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
     headers = orjson.dumps(delivery.headers).decode()
-    cur = conn.execute(_INSERT, _insert_params(delivery, headers))
+    cur = conn.execute(_INSERT, insert_params(delivery, headers))
     if cur.rowcount == 1:
         return StoreResult(
             delivery.id, duplicate=False, status=delivery.status, error=delivery.error
@@ -96,41 +71,14 @@ def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
     first_id, first_status, first_error = conn.execute(
         _FIND_ORIGINAL, (delivery.source, delivery.dedup_key)
     ).fetchone()
-    conn.execute(_INSERT_DUPLICATE, _insert_params(delivery, headers, duplicate_of=first_id))
+    conn.execute(_INSERT_DUPLICATE, insert_params(delivery, headers, duplicate_of=first_id))
     return StoreResult(
         first_id, duplicate=True, status=DeliveryStatus(first_status), error=first_error
     )
 
 
-def _row_to_record(row: Sequence[Any]) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        seq=row[1],
-        source=row[2],
-        kind=row[3],
-        received_at=row[4],
-        headers=orjson.loads(row[5]),
-        body=row[6],
-        content_type=row[7],
-        status=DeliveryStatus(row[8]),
-        task_id=row[9],
-        sender_delivery_id=row[10],
-        key_index=row[11],
-        key_fingerprint=row[12],
-        attempts=row[13],
-        next_attempt_at=row[14],
-        last_error=row[15],
-        last_traceback=row[16],
-        duplicate_of=row[17],
-        replayed=bool(row[18]),
-        events_derived=bool(row[19]),
-        processed_at=row[20],
-        reconciled=bool(row[21]),
-    )
-
-
 _CLAIM = f"""
-    SELECT {_COLUMNS} FROM deliveries AS d
+    SELECT {COLUMNS} FROM deliveries AS d
     WHERE d.status IN ('received', 'failed')
       AND d.next_attempt_at <= :now
       AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= :now)
@@ -152,7 +100,7 @@ def _claim(
             "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?",
             [(owner, now + lease_seconds, row[1]) for row in rows],
         )
-    return [_row_to_record(row) for row in rows]
+    return [row_to_record(row) for row in rows]
 
 
 def save_events_in(
@@ -349,8 +297,8 @@ class SQLiteStorage:
         return int(rows[0][0])
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        rows = await self._read(f"SELECT {_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
-        return _row_to_record(rows[0]) if rows else None
+        rows = await self._read(f"SELECT {COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
+        return row_to_record(rows[0]) if rows else None
 
     async def list_deliveries(
         self,
@@ -372,10 +320,10 @@ class SQLiteStorage:
         page_where = filters + (" AND seq < ?" if before_seq is not None else "")
         page_params = [*params, *([before_seq] if before_seq is not None else []), limit + 1]
         rows = await self._read(
-            f"SELECT {_COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
             page_params,
         )
-        items = [_row_to_record(row) for row in rows[:limit]]
+        items = [row_to_record(row) for row in rows[:limit]]
         more = len(rows) > limit
         return DeliveryPage(
             items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
@@ -403,10 +351,10 @@ class SQLiteStorage:
                 where.append(clause)
                 params.append(value)
         rows = await self._read(
-            f"SELECT {_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             [*params, limit],
         )
-        return [_row_to_record(row) for row in rows]
+        return [row_to_record(row) for row in rows]
 
     async def dead_ids(self) -> list[str]:
         rows = await self._read("SELECT id FROM deliveries WHERE status = 'dead' ORDER BY seq")

@@ -1,0 +1,448 @@
+"""PostgreSQL storage (asyncpg): one database shared by several receiver replicas.
+
+Dedup is the partial unique index, so it holds across replicas. Workers claim with
+``FOR UPDATE SKIP LOCKED`` and a lease, and a delivery is claimable only while no earlier
+pending delivery of its task exists, so each (delivery, handler) runs once and per-task order
+holds across replicas; a replica that dies mid-claim has its work taken over when the lease
+expires. Every commit is durable (``synchronous_commit`` as the server sets it, on by default)
+before the caller acks.
+
+Plugins' state ops (`transact`) are written once, as synchronous functions over a DB-API-like
+connection in the SQLite dialect. Here they run in a worker thread over `BridgeConnection`,
+whose statements are translated (`dialect`) and executed by asyncpg on the event loop, inside
+one transaction. Those transactions are serialized (per process, then across replicas by an
+advisory lock) because the ledger's rules read and write rows of other tasks (a unique_id
+handed over), and must see the world as a single writer would: this is what makes a
+three-replica ledger equal to a one-replica ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import asyncpg
+import orjson
+
+from receiver.errors import StorageUnavailable
+from receiver.paging import encode_token
+from receiver.records import (
+    DeliveryOutcome,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryStatus,
+    HandlerRun,
+    NewDelivery,
+    StoredEvent,
+    StoreResult,
+)
+from receiver.storage.base import CommitObserver
+from receiver.storage.dialect import to_postgres
+from receiver.storage.postgres_schema import migrate
+from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to_record
+
+T = TypeVar("T")
+PLUGIN_LOCK = 0x7461736B6C6467  # "taskldg"
+
+# What "the database is not there" looks like: connection refused or lost, the server
+# shutting down or out of room. Anything else is a bug and stays loud.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+)
+
+_PLACEHOLDERS = ",".join(f"${i}" for i in range(1, INSERT_COLUMNS.count(",") + 2))
+_INSERT = (
+    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
+    "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING RETURNING seq"
+)
+_INSERT_DUPLICATE = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+_CLAIM = f"""
+    WITH ready AS (
+        SELECT d.seq FROM deliveries AS d
+        WHERE d.status IN ('received', 'failed')
+          AND d.next_attempt_at <= $1
+          AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1)
+          AND NOT EXISTS (
+              SELECT 1 FROM deliveries AS e
+              WHERE e.source = d.source AND e.task_id = d.task_id AND e.seq < d.seq
+                AND e.status IN ('received', 'failed'))
+        ORDER BY d.seq
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE deliveries SET lease_owner = $3, lease_expires_at = $4
+    FROM ready WHERE deliveries.seq = ready.seq
+    RETURNING {", ".join("deliveries." + c.strip() for c in COLUMNS.split(","))}
+"""
+
+
+class _Result:
+    """What `BridgeConnection.execute` returns: the parts of a DB-API cursor plugins use."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+
+class BridgeConnection:
+    """A synchronous connection for a worker thread, executing on the loop's asyncpg
+    connection (inside the caller's transaction)."""
+
+    def __init__(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._conn = conn
+        self._loop = loop
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> _Result:
+        t = to_postgres(sql)
+        args = t.args(params)
+        if t.returns_rows:
+            rows = self._run(self._conn.fetch(t.sql, *args))
+            return _Result(list(rows), len(rows))
+        status: str = self._run(self._conn.execute(t.sql, *args))
+        tail = status.rsplit(" ", 1)[-1]
+        return _Result([], int(tail) if tail.isdigit() else -1)
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any] | Mapping[str, Any]]) -> None:
+        if not seq:
+            return
+        t = to_postgres(sql)
+        self._run(self._conn.executemany(t.sql, [t.args(p) for p in seq]))
+
+
+class PostgresStorage:
+    """`Storage` over a PostgreSQL database (``postgresql://user@host:port/db``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_commit: CommitObserver | None = None,
+        pool_size: int = 10,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._on_commit = on_commit
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._plugin_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise StorageUnavailable("storage is not open")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"PostgreSQL unavailable: {exc!r}") from exc
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=self._timeout,
+                timeout=self._timeout,
+            )
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
+        async with self._conn() as conn:
+            await migrate(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*UNAVAILABLE):
+                await asyncio.wait_for(pool.close(), self._timeout)
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        t = to_postgres(sql)
+        async with self._conn() as conn:
+            return list(await conn.fetch(t.sql, *t.args(params)))
+
+    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a plugin's synchronous op in one serialized transaction (module docstring)."""
+        loop = asyncio.get_running_loop()
+        async with self._plugin_lock, self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PLUGIN_LOCK)
+            bridge = BridgeConnection(conn, loop)
+            return await asyncio.to_thread(op, cast(sqlite3.Connection, bridge))
+
+    async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
+        started = time.perf_counter()
+        headers = orjson.dumps(delivery.headers).decode()
+        async with self._conn() as conn, conn.transaction():
+            seq = await conn.fetchval(_INSERT, *insert_params(delivery, headers))
+            if seq is not None:
+                result = StoreResult(
+                    delivery.id, duplicate=False, status=delivery.status, error=delivery.error
+                )
+            else:
+                first = await conn.fetchrow(
+                    "SELECT id, status, last_error FROM deliveries "
+                    "WHERE source = $1 AND dedup_key = $2 AND duplicate_of IS NULL",
+                    delivery.source,
+                    delivery.dedup_key,
+                )
+                await conn.execute(
+                    _INSERT_DUPLICATE, *insert_params(delivery, headers, duplicate_of=first[0])
+                )
+                result = StoreResult(
+                    first[0], duplicate=True, status=DeliveryStatus(first[1]), error=first[2]
+                )
+        if self._on_commit is not None:
+            self._on_commit(1, time.perf_counter() - started)
+        return result
+
+    async def claim_ready(
+        self, *, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[DeliveryRecord]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(_CLAIM, now, limit, owner, now + lease_seconds)
+        return sorted((row_to_record(r) for r in rows), key=lambda d: d.seq)
+
+    async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await _save_events(conn, delivery_id, events)
+
+    async def load_events(self, delivery_id: str) -> list[StoredEvent]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
+                "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
+                "WHERE de.delivery_id = $1 ORDER BY de.position",
+                delivery_id,
+            )
+        return [StoredEvent(*row) for row in rows]
+
+    async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
+        if not event_ids:
+            return set()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id, handler FROM handler_runs "
+                "WHERE status = 'ok' AND event_id = ANY($1::text[])",
+                list(event_ids),
+            )
+        return {(row[0], row[1]) for row in rows}
+
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
+        now = time.time()
+        async with self._conn() as conn, conn.transaction():
+            await _record_runs(conn, outcome.runs)
+            await conn.execute(
+                """
+                UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
+                       last_error = $4, last_traceback = $5, lease_owner = NULL,
+                       lease_expires_at = NULL,
+                       processed_at = CASE WHEN $1 = 'processed' THEN $6 ELSE processed_at END,
+                       updated_at = $6
+                WHERE id = $7 AND (lease_owner IS NULL OR lease_owner = $8)
+                """,
+                outcome.status.value, outcome.attempts, outcome.next_attempt_at, outcome.error,
+                outcome.traceback, now, outcome.delivery_id, owner,
+            )  # fmt: skip
+
+    async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await _record_runs(conn, runs)
+
+    async def release_claims(self, owner: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = $1",
+                owner,
+            )
+
+    async def backlog(self) -> int:
+        async with self._conn() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+            )
+        return int(count)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {COLUMNS} FROM deliveries WHERE id = $1", delivery_id
+            )
+        return row_to_record(row) if row else None
+
+    async def list_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> DeliveryPage:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("source", source), ("task_id", task_id)):
+            if value is not None:
+                params.append(str(value))
+                where.append(f"{column} = ${len(params)}")
+        filters = " AND ".join(where) or "TRUE"
+        page_where = filters
+        page_params = list(params)
+        if before_seq is not None:
+            page_params.append(before_seq)
+            page_where += f" AND seq < ${len(page_params)}"
+        page_params.append(limit + 1)
+        async with self._conn() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM deliveries WHERE {filters}", *params)
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} "
+                f"ORDER BY seq DESC LIMIT ${len(page_params)}",
+                *page_params,
+            )
+        items = [row_to_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return DeliveryPage(
+            items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
+        )
+
+    async def scan_deliveries(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        status: DeliveryStatus | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[DeliveryRecord]:
+        where = ["seq > $1"]
+        params: list[Any] = [after_seq]
+        for clause, value in (
+            ("status = ", status.value if status is not None else None),
+            ("source = ", source),
+            ("received_at >= ", since),
+            ("received_at < ", until),
+        ):
+            if value is not None:
+                params.append(value)
+                where.append(f"{clause}${len(params)}")
+        params.append(limit)
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
+                f"ORDER BY seq LIMIT ${len(params)}",
+                *params,
+            )
+        return [row_to_record(row) for row in rows]
+
+    async def dead_ids(self) -> list[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT id FROM deliveries WHERE status = 'dead' ORDER BY seq")
+        return [row[0] for row in rows]
+
+    async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                """
+                UPDATE deliveries SET status = 'received', next_attempt_at = $1, attempts = 0,
+                       lease_owner = NULL, lease_expires_at = NULL, events_derived =
+                       CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END,
+                       updated_at = $1
+                WHERE id = $2 AND status IN ('failed', 'dead', 'quarantined')
+                """,
+                now,
+                delivery_id,
+            )
+        if status.endswith(" 1"):
+            return True
+        return None if await self.get_delivery(delivery_id) is None else False
+
+    async def known_bodies(self, source: str, dedup_keys: Sequence[str]) -> set[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT dedup_key FROM deliveries WHERE source = $1 AND duplicate_of IS NULL "
+                "AND dedup_key = ANY($2::text[])",
+                source,
+                list(dedup_keys),
+            )
+        return {row[0] for row in rows}
+
+    async def load_cursor(self, source: str) -> str | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT cursor FROM reconcile_cursors WHERE source = $1", source
+            )
+        return str(value) if value is not None else None
+
+    async def save_cursor(self, source: str, cursor: str, *, now: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO reconcile_cursors (source, cursor, updated_at) VALUES ($1,$2,$3) "
+                "ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, "
+                "updated_at = excluded.updated_at",
+                source,
+                cursor,
+                now,
+            )
+
+
+async def _save_events(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
+    await conn.executemany(
+        "INSERT INTO events (event_id, name, task_id, delivery_id, payload) "
+        "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (event_id) DO NOTHING",
+        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
+    )
+    await conn.executemany(
+        "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES ($1,$2,$3) "
+        "ON CONFLICT DO NOTHING",
+        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
+    )
+    await conn.execute("UPDATE deliveries SET events_derived = 1 WHERE id = $1", delivery_id)
+
+
+async def _record_runs(conn: Any, runs: Sequence[HandlerRun]) -> None:
+    if not runs:
+        return
+    now = time.time()
+    await conn.executemany(
+        """
+        INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
+                                  traceback, updated_at)
+        VALUES ($1,$2,$3,$4,1,$5,$6,$7)
+        ON CONFLICT (event_id, handler) DO UPDATE SET
+            status = excluded.status, delivery_id = excluded.delivery_id,
+            attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
+            traceback = excluded.traceback, updated_at = excluded.updated_at
+        """,
+        [
+            (r.event_id, r.handler, r.delivery_id, "ok" if r.ok else "failed", r.error,
+             r.traceback, now)
+            for r in runs
+        ],
+    )  # fmt: skip
+
+
+__all__ = ["BridgeConnection", "PostgresStorage"]

@@ -1,0 +1,64 @@
+"""Delivery rows as both backends read and write them (column lists and conversions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from receiver.records import DeliveryRecord, DeliveryStatus, NewDelivery
+
+COLUMNS = (
+    "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
+    "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
+    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled"
+)
+
+INSERT_COLUMNS = (
+    "id, source, kind, received_at, headers, body, content_type, dedup_key, "
+    "sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
+    "duplicate_of, replayed, updated_at, reconciled"
+)
+
+
+def insert_params(
+    d: NewDelivery, headers: str, *, duplicate_of: str | None = None
+) -> tuple[Any, ...]:
+    # A duplicate receipt keeps its own headers and time, not a second copy of the body.
+    return (
+        d.id, d.source, d.kind, d.received_at, headers,
+        None if duplicate_of else d.body,
+        d.content_type, d.dedup_key, d.sender_delivery_id, d.task_id, d.key_index,
+        d.key_fingerprint,
+        DeliveryStatus.DUPLICATE.value if duplicate_of else d.status.value,
+        None if duplicate_of else d.error,
+        duplicate_of, int(d.replayed), d.received_at, int(d.reconciled),
+    )  # fmt: skip
+
+
+def row_to_record(row: Sequence[Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0],
+        seq=row[1],
+        source=row[2],
+        kind=row[3],
+        received_at=row[4],
+        headers=orjson.loads(row[5]),
+        body=row[6],
+        content_type=row[7],
+        status=DeliveryStatus(row[8]),
+        task_id=row[9],
+        sender_delivery_id=row[10],
+        key_index=row[11],
+        key_fingerprint=row[12],
+        attempts=row[13],
+        next_attempt_at=row[14],
+        last_error=row[15],
+        last_traceback=row[16],
+        duplicate_of=row[17],
+        replayed=bool(row[18]),
+        events_derived=bool(row[19]),
+        processed_at=row[20],
+        reconciled=bool(row[21]),
+    )

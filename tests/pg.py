@@ -1,0 +1,36 @@
+"""Throwaway PostgreSQL databases on the machine's server (127.0.0.1:5432, trust auth).
+
+Each test that needs one gets a database of its own, created here and dropped after, so
+runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+
+SERVER = os.environ.get("TASKHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(f"{SERVER}/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new empty database; yields its URL."""
+    name = f"taskhook_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{SERVER}/{name}"
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
