@@ -82,6 +82,7 @@ class TaskhookApp:
             metrics=self.metrics,
             on_stored=self.dispatcher.notify,
             clock=clock,
+            body_timeout=settings.http.body_timeout_seconds,
         )
         self._pollers: list[asyncio.Task[None]] = []
         self.http = Starlette(

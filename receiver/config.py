@@ -201,6 +201,12 @@ class DispatchSettings(_Strict):
     enabled: bool = True
 
 
+class HttpSettings(_Strict):
+    # A sender that has not delivered its whole body this long after the request began gets
+    # 408 and its connection closed: slow or stalled clients cannot hold workers forever.
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class LogSettings(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -214,6 +220,7 @@ class Settings(_Strict):
     entry_points: bool = True
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     insecure_dev: bool = False
 
 

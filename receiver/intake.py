@@ -12,6 +12,7 @@ routing and request objects cost more than the verification itself (shared/PERF-
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -133,8 +134,10 @@ class Intake:
         metrics: Metrics,
         on_stored: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        body_timeout: float = 30.0,
     ) -> None:
         self._sources = dict(sources)
+        self._body_timeout = body_timeout
         self._workstreams = {
             rt.settings.workstream_id or rt.name: rt
             for rt in sources.values()
@@ -155,6 +158,7 @@ class Intake:
                 "unavailable",
                 "too_large",
                 "unsupported",
+                "timeout",
             )
         }
 
@@ -191,7 +195,10 @@ class Intake:
         except ClientGone:
             log.info("client disconnected before sending its whole body; nothing stored")
             return
-        await send_json(send, status, body, ((b"retry-after", b"5"),) if status == 503 else ())
+        extra = ((b"retry-after", b"5"),) if status == 503 else ()
+        if status == 408:
+            extra = ((b"connection", b"close"),)
+        await send_json(send, status, body, extra)
 
     async def _handle(
         self, source: SourceRuntime, scope: Scope, receive: Receive
@@ -206,9 +213,18 @@ class Intake:
         if declared.isdigit() and int(declared) > limit:
             return self._refuse_large(source, limit)
         try:
-            body = await read_body(receive, limit)
+            # One deadline for the whole body (not one per chunk): a trickling client is
+            # cut off as surely as a silent one.
+            async with asyncio.timeout(self._body_timeout):
+                body = await read_body(receive, limit)
         except BodyTooLarge:
             return self._refuse_large(source, limit)
+        except TimeoutError:
+            self._counters[source.name, "timeout"].inc()
+            log.info("request body not received in time; nothing stored")
+            return _json(408, {
+                "error": f"request body not received within {self._body_timeout:g} s",
+            })  # fmt: skip
         return await self.accept(source, body, headers)
 
     async def accept(

@@ -34,3 +34,23 @@ def fresh_database() -> Iterator[str]:
         yield f"{SERVER}/{name}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def fetch(url: str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of a query on a sqlite:/// or postgresql:// database (SQL both dialects read)."""
+    if url.startswith("sqlite:"):
+        import sqlite3
+
+        from receiver.storage.sqlite import sqlite_path
+
+        with sqlite3.connect(sqlite_path(url)) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+
+    async def run() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

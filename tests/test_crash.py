@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import sample_json
+from tests.conftest import BACKENDS, sample_json
+from tests.pg import fetch
 from tests.test_cli import clean_env, free_port
 
 BURST = 2000
@@ -37,12 +38,17 @@ def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise AssertionError(log.read_text())
 
 
-def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path, db_url: str) -> None:
     config = tmp_path / "taskhook.toml"
     config.write_text(
         'entry_points = false\nhandlers = ["handlers.ledger"]\n'
-        f'[database]\nurl = "sqlite:///{db}"\n'
+        f'[database]\nurl = "{db_url}"\n'
         '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
         "[dispatch]\nlease_seconds = 1.0\npoll_interval_seconds = 0.1\n"
         '[log]\nlevel = "warning"\n'
@@ -90,10 +96,9 @@ def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path) -
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with sqlite3.connect(db) as conn:
-                waiting = conn.execute(
-                    "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
-                ).fetchone()[0]
+            waiting = fetch(
+                db_url, "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+            )[0][0]
             if waiting == 0:
                 break
             time.sleep(0.1)
@@ -101,12 +106,12 @@ def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path) -
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(timeout=15)
 
-    with sqlite3.connect(db) as conn:
-        stored = dict(conn.execute("SELECT id, status FROM deliveries").fetchall())
-        applied = conn.execute(
-            "SELECT delivery_id, count(*) FROM ledger_history WHERE kind IN ('applied', 'stale') "
-            "GROUP BY delivery_id"
-        ).fetchall()
+    stored = dict(fetch(db_url, "SELECT id, status FROM deliveries"))
+    applied = fetch(
+        db_url,
+        "SELECT delivery_id, count(*) FROM ledger_history WHERE kind IN ('applied', 'stale') "
+        "GROUP BY delivery_id",
+    )
     lost = [d for d in acked.values() if d not in stored]
     unprocessed = [d for d in acked.values() if stored.get(d) != "processed"]
     twice = [d for d, n in applied if n != 1]

@@ -10,17 +10,24 @@ handlers receive are what it meant: `rules`), keeps its tables in the app's data
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from handlers.ledger.api import build_routes
 from handlers.ledger.cli import command
 from handlers.ledger.review_api import build_review_routes
 from handlers.ledger.review_store import act, apply_review_delivery
-from handlers.ledger.store import apply_delivery, create_schema, reset
+from handlers.ledger.store import apply_delivery, create_schema, derived_events, reset
 from receiver.errors import RegistryError
 from receiver.events import Event
 from receiver.records import DeliveryRecord
 from receiver.registry import HandlerRegistry
+
+# The kinds the ledger interprets: Refonte-shaped snapshots (the pollers of vendors that
+# never call back synthesize those too), then document-review callbacks.
+KINDS = ("refonte", "clarifai", "taskmonk", "document-review")
+Apply = Callable[[sqlite3.Connection, DeliveryRecord], list[Event]]
 
 
 def register(registry: HandlerRegistry) -> None:
@@ -31,18 +38,29 @@ def register(registry: HandlerRegistry) -> None:
     async def create() -> None:
         await storage.transact(create_schema)
 
-    async def interpret(delivery: DeliveryRecord) -> list[Event]:
-        events: list[Event] = await storage.transact(lambda conn: apply_delivery(conn, delivery))
-        return events
+    def once(apply: Apply) -> Callable[[DeliveryRecord], Awaitable[list[Event]]]:
+        async def interpret(delivery: DeliveryRecord) -> list[Event]:
+            def op(conn: sqlite3.Connection) -> list[Event]:
+                done = derived_events(conn, delivery.id)
+                return done if done is not None else apply(conn, delivery)
+
+            events: list[Event] = await storage.transact(op)
+            return events
+
+        return interpret
+
+    interpret = once(apply_delivery)
+    interpret_review = once(apply_review_delivery)
 
     async def empty() -> None:
-        await storage.transact(reset)
+        def op(conn: sqlite3.Connection) -> None:
+            reset(conn)
+            # What the ledger interprets is to be applied again (`derived_events` guards).
+            conn.execute(
+                "UPDATE deliveries SET events_derived = 0 WHERE kind IN (?, ?, ?, ?)", KINDS
+            )
 
-    async def interpret_review(delivery: DeliveryRecord) -> list[Event]:
-        events: list[Event] = await storage.transact(
-            lambda conn: apply_review_delivery(conn, delivery)
-        )
-        return events
+        await storage.transact(op)
 
     async def operator(
         task_id: str, action: str, reason: str | None, who: str
@@ -56,8 +74,7 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_startup(create)
     registry.on_reset(empty)
-    # Pollers of vendors that never call back synthesize Refonte-shaped snapshots.
-    for kind in ("refonte", "clarifai", "taskmonk"):
+    for kind in KINDS[:3]:
         registry.interpret(kind, interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))
     registry.add_command(command(storage.query))

@@ -257,6 +257,26 @@ def record_events(
     save_events_in(conn, delivery_id, [persisted(e) for e in events])
 
 
+def derived_events(conn: sqlite3.Connection, delivery_id: str) -> list[Event] | None:
+    """The events a delivery was already applied with, or None if it was not.
+
+    A worker whose lease expired mid-way (a stalled replica) may still come to apply a
+    delivery another worker has applied since; reading this first, inside the applying
+    transaction, makes the second attempt a no-op that returns the same events.
+    """
+    row = conn.execute(
+        "SELECT events_derived FROM deliveries WHERE id = ?", (delivery_id,)
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    rows = conn.execute(
+        "SELECT e.payload FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
+        "WHERE de.delivery_id = ? ORDER BY de.position",
+        (delivery_id,),
+    ).fetchall()
+    return [Event.model_validate_json(r[0]) for r in rows]
+
+
 def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[Event]:
     """Apply one stored delivery to the ledger and persist its events, atomically."""
     assert delivery.body is not None

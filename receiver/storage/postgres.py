@@ -8,12 +8,13 @@ expires. Every commit is durable (``synchronous_commit`` as the server sets it, 
 before the caller acks.
 
 Plugins' state ops (`transact`) are written once, as synchronous functions over a DB-API-like
-connection in the SQLite dialect. Here they run in a worker thread over `BridgeConnection`,
-whose statements are translated (`dialect`) and executed by asyncpg on the event loop, inside
-one transaction. Those transactions are serialized (per process, then across replicas by an
-advisory lock) because the ledger's rules read and write rows of other tasks (a unique_id
-handed over), and must see the world as a single writer would: this is what makes a
-three-replica ledger equal to a one-replica ledger.
+connection in the SQLite dialect. Here they run on one worker thread over `BridgeConnection`,
+which translates each statement (`dialect`) and runs it to completion with asyncpg on that
+thread's own event loop: no hop through the app's loop per statement. Those transactions are
+serialized (one thread per process, then across replicas by an advisory lock) because the
+ledger's rules read and write rows of other tasks (a unique_id handed over) and must see the
+world as a single writer would: this is what makes a three-replica ledger equal to a
+one-replica ledger.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -47,6 +50,11 @@ from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to
 
 T = TypeVar("T")
 PLUGIN_LOCK = 0x7461736B6C6467  # "taskldg"
+# Plan each execution with its parameters and the table as it is now. asyncpg prepares and
+# caches statements per connection, and PostgreSQL then settles on a generic plan made
+# from the statistics of the moment: a claim prepared while `deliveries` was empty kept a
+# plan that took seconds once the table held thousands of rows (measured).
+SESSION = {"plan_cache_mode": "force_custom_plan"}
 
 # What "the database is not there" looks like: connection refused or lost, the server
 # shutting down or out of room. Anything else is a bug and stays loud.
@@ -100,15 +108,58 @@ class _Result:
 
 
 class BridgeConnection:
-    """A synchronous connection for a worker thread, executing on the loop's asyncpg
-    connection (inside the caller's transaction)."""
+    """A synchronous asyncpg connection: owned by one thread, which runs each statement to
+    completion on that thread's own event loop (never the app's loop, which is busy serving
+    requests)."""
 
-    def __init__(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._conn = conn
-        self._loop = loop
+    def __init__(self, url: str, timeout: float) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._conn: Any = None
 
     def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._loop.run_until_complete(coro)
+
+    def connect(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = self._run(
+                asyncpg.connect(
+                    self._url,
+                    timeout=self._timeout,
+                    command_timeout=self._timeout,
+                    server_settings=SESSION,
+                )
+            )
+
+    def reset(self) -> None:
+        """Forget a connection that failed; the next transaction connects again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self._run(asyncio.wait_for(conn.close(), 1.0))
+
+    def close(self) -> None:
+        self.reset()
+        self._loop.close()
+
+    def transaction(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run `ops` in one transaction under the plugin lock; their results, in order.
+
+        Any op's exception rolls the whole transaction back and is raised.
+        """
+        self.connect()
+        tx = self._conn.transaction()
+        self._run(tx.start())
+        try:
+            self._run(self._conn.execute("SELECT pg_advisory_xact_lock($1)", PLUGIN_LOCK))
+            results = [op(cast(sqlite3.Connection, self)) for op in ops]
+        except BaseException:
+            with contextlib.suppress(*UNAVAILABLE):
+                self._run(tx.rollback())
+            raise
+        self._run(tx.commit())
+        return results
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> _Result:
         t = to_postgres(sql)
@@ -143,7 +194,12 @@ class PostgresStorage:
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
-        self._plugin_lock = asyncio.Lock()
+        # Plugins' transactions: one thread, one connection, group-committed (module docstring).
+        self._plugin_thread = ThreadPoolExecutor(1, thread_name_prefix="taskhook-pg-plugins")
+        self._bridge: BridgeConnection | None = None
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue_lock = threading.Lock()
+        self._flushing = False
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[Any]:
@@ -163,6 +219,7 @@ class PostgresStorage:
                 max_size=self._pool_size,
                 command_timeout=self._timeout,
                 timeout=self._timeout,
+                server_settings=SESSION,
             )
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
@@ -170,6 +227,9 @@ class PostgresStorage:
             await migrate(conn)
 
     async def close(self) -> None:
+        if self._bridge is not None:
+            bridge, self._bridge = self._bridge, None
+            await asyncio.get_running_loop().run_in_executor(self._plugin_thread, bridge.close)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             with contextlib.suppress(*UNAVAILABLE):
@@ -185,12 +245,50 @@ class PostgresStorage:
             return list(await conn.fetch(t.sql, *t.args(params)))
 
     async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a plugin's synchronous op in one serialized transaction (module docstring)."""
+        """Run a plugin's synchronous op in a serialized transaction (module docstring).
+
+        Ops queued while a transaction runs share the next one: one lock hand-over and one
+        commit for the batch. If any op of a batch raises, the batch rolls back and its ops
+        run again one transaction each, so one op's failure is only its own.
+        """
+        if self._pool is None:
+            raise StorageUnavailable("storage is not open")
         loop = asyncio.get_running_loop()
-        async with self._plugin_lock, self._conn() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PLUGIN_LOCK)
-            bridge = BridgeConnection(conn, loop)
-            return await asyncio.to_thread(op, cast(sqlite3.Connection, bridge))
+        future: asyncio.Future[T] = loop.create_future()
+        with self._queue_lock:
+            self._queued.append((op, future))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._plugin_thread, self._flush, loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._queue_lock:
+                batch, self._queued = self._queued[:64], self._queued[64:]
+                if not batch:
+                    self._flushing = False
+                    return
+            for (_, future), outcome in zip(batch, self._run_batch(batch), strict=True):
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+    def _run_batch(self, batch: Sequence[tuple[Callable[..., Any], Any]]) -> list[Any]:
+        """Each op's result, or the exception it ends with."""
+        if self._bridge is None:
+            self._bridge = BridgeConnection(self.url, self._timeout)
+        ops = [op for op, _ in batch]
+        try:
+            return self._bridge.transaction(ops)
+        except UNAVAILABLE as exc:
+            self._bridge.reset()
+            failure = StorageUnavailable(f"PostgreSQL unavailable: {exc!r}")
+            failure.__cause__ = exc
+            return [failure] * len(ops)
+        except Exception as exc:
+            if len(ops) == 1:
+                return [exc]
+        return [self._run_batch([item])[0] for item in batch]
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
         started = time.perf_counter()
@@ -407,6 +505,15 @@ class PostgresStorage:
                 cursor,
                 now,
             )
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return  # the caller went away (cancelled)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 async def _save_events(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
