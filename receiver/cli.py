@@ -48,14 +48,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from receiver.storage import open_storage
+    from receiver.app import create_app
 
     settings = _settings(args)
 
     async def run() -> None:
-        storage = open_storage(settings.database.url)
-        await storage.open()
-        await storage.close()
+        # The app's schema, then each plugin's tables (the ledger's): what `serve` would do.
+        app = create_app(settings)
+        await app.open()
+        await app.storage.close()
 
     asyncio.run(run())
     print(f"schema up to date: {settings.database.url.split('@')[-1]}")

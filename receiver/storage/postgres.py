@@ -136,11 +136,15 @@ class BridgeConnection:
         """Forget a connection that failed; the next transaction connects again."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                self._run(asyncio.wait_for(conn.close(), 1.0))
+            conn.terminate()  # it failed: no goodbye over a connection that may be dead
 
     def close(self) -> None:
-        self.reset()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self._run(asyncio.wait_for(conn.close(), 2.0))
+            except (*UNAVAILABLE, asyncpg.PostgresError):
+                conn.terminate()
         self._loop.close()
 
     def transaction(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
@@ -212,6 +216,10 @@ class PostgresStorage:
             raise StorageUnavailable(f"PostgreSQL unavailable: {exc!r}") from exc
 
     async def open(self) -> None:
+        if self._pool is not None:  # already open: only make sure the schema is current
+            async with self._conn() as conn:
+                await migrate(conn)
+            return
         try:
             self._pool = await asyncpg.create_pool(
                 self.url,
@@ -220,6 +228,9 @@ class PostgresStorage:
                 command_timeout=self._timeout,
                 timeout=self._timeout,
                 server_settings=SESSION,
+                # asyncpg resets a connection on every release (a round trip); nothing here
+                # leaves session state behind (locks are transaction-scoped).
+                reset=_no_reset,
             )
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
@@ -232,8 +243,10 @@ class PostgresStorage:
             await asyncio.get_running_loop().run_in_executor(self._plugin_thread, bridge.close)
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            with contextlib.suppress(*UNAVAILABLE):
+            try:
                 await asyncio.wait_for(pool.close(), self._timeout)
+            except UNAVAILABLE:
+                pool.terminate()  # the server is gone: drop the sockets without a goodbye
 
     async def ping(self) -> None:
         async with self._conn() as conn:
@@ -293,13 +306,16 @@ class PostgresStorage:
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
         started = time.perf_counter()
         headers = orjson.dumps(delivery.headers).decode()
-        async with self._conn() as conn, conn.transaction():
+        # One statement, autocommitted: the ack waits for one round trip and one commit.
+        async with self._conn() as conn:
             seq = await conn.fetchval(_INSERT, *insert_params(delivery, headers))
             if seq is not None:
                 result = StoreResult(
                     delivery.id, duplicate=False, status=delivery.status, error=delivery.error
                 )
             else:
+                # The original is committed (the unique index waited for it); the duplicate
+                # receipt is recorded beside it.
                 first = await conn.fetchrow(
                     "SELECT id, status, last_error FROM deliveries "
                     "WHERE source = $1 AND dedup_key = $2 AND duplicate_of IS NULL",
@@ -505,6 +521,10 @@ class PostgresStorage:
                 cursor,
                 now,
             )
+
+
+async def _no_reset(conn: Any) -> None:
+    return None
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
