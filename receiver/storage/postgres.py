@@ -32,7 +32,6 @@ import asyncpg
 import orjson
 
 from receiver.errors import StorageUnavailable
-from receiver.paging import encode_token
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -46,7 +45,15 @@ from receiver.records import (
 from receiver.storage.base import CommitObserver
 from receiver.storage.dialect import to_postgres
 from receiver.storage.postgres_schema import migrate
-from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to_record
+from receiver.storage.rows import (
+    COLUMNS,
+    INSERT_COLUMNS,
+    insert_params,
+    list_queries,
+    page_of,
+    row_to_record,
+    scan_query,
+)
 
 T = TypeVar("T")
 PLUGIN_LOCK = 0x7461736B6C6467  # "taskldg"
@@ -416,31 +423,11 @@ class PostgresStorage:
         limit: int = 100,
         before_seq: int | None = None,
     ) -> DeliveryPage:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("status", status), ("source", source), ("task_id", task_id)):
-            if value is not None:
-                params.append(str(value))
-                where.append(f"{column} = ${len(params)}")
-        filters = " AND ".join(where) or "TRUE"
-        page_where = filters
-        page_params = list(params)
-        if before_seq is not None:
-            page_params.append(before_seq)
-            page_where += f" AND seq < ${len(page_params)}"
-        page_params.append(limit + 1)
-        async with self._conn() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM deliveries WHERE {filters}", *params)
-            rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} "
-                f"ORDER BY seq DESC LIMIT ${len(page_params)}",
-                *page_params,
-            )
-        items = [row_to_record(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return DeliveryPage(
-            items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
+        count, page = list_queries(
+            status=status, source=source, task_id=task_id, limit=limit, before_seq=before_seq
         )
+        total = (await self.query(*count))[0][0]
+        return page_of(await self.query(*page), total=total, limit=limit)
 
     async def scan_deliveries(
         self,
@@ -452,24 +439,10 @@ class PostgresStorage:
         since: float | None = None,
         until: float | None = None,
     ) -> list[DeliveryRecord]:
-        where = ["seq > $1"]
-        params: list[Any] = [after_seq]
-        for clause, value in (
-            ("status = ", status.value if status is not None else None),
-            ("source = ", source),
-            ("received_at >= ", since),
-            ("received_at < ", until),
-        ):
-            if value is not None:
-                params.append(value)
-                where.append(f"{clause}${len(params)}")
-        params.append(limit)
-        async with self._conn() as conn:
-            rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
-                f"ORDER BY seq LIMIT ${len(params)}",
-                *params,
-            )
+        rows = await self.query(*scan_query(
+            after_seq=after_seq, limit=limit, status=status, source=source, since=since,
+            until=until,
+        ))  # fmt: skip
         return [row_to_record(row) for row in rows]
 
     async def dead_ids(self) -> list[str]:

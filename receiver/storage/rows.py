@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from receiver.records import DeliveryRecord, DeliveryStatus, NewDelivery
+from receiver.paging import encode_token
+from receiver.records import DeliveryPage, DeliveryRecord, DeliveryStatus, NewDelivery
 
 COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
@@ -62,3 +63,66 @@ def row_to_record(row: Sequence[Any]) -> DeliveryRecord:
         processed_at=row[20],
         reconciled=bool(row[21]),
     )
+
+
+# Operator listings, in the SQLite dialect (the PostgreSQL backend translates them).
+Query = tuple[str, list[Any]]
+
+
+def list_queries(
+    *,
+    status: DeliveryStatus | None,
+    source: str | None,
+    task_id: str | None,
+    limit: int,
+    before_seq: int | None,
+) -> tuple[Query, Query]:
+    """The count of matching deliveries, and one page of them newest first (one extra row
+    says whether another page follows)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("status", status), ("source", source), ("task_id", task_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(str(value))
+    filters = " AND ".join(where) or "1 = 1"
+    page_where = filters + (" AND seq < ?" if before_seq is not None else "")
+    page_params = [*params, *([before_seq] if before_seq is not None else []), limit + 1]
+    return (
+        (f"SELECT count(*) FROM deliveries WHERE {filters}", params),
+        (f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
+         page_params),
+    )  # fmt: skip
+
+
+def page_of(rows: Sequence[Sequence[Any]], *, total: int, limit: int) -> DeliveryPage:
+    items = [row_to_record(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return DeliveryPage(
+        items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
+    )
+
+
+def scan_query(
+    *,
+    after_seq: int,
+    limit: int,
+    status: DeliveryStatus | None,
+    source: str | None,
+    since: float | None,
+    until: float | None,
+) -> Query:
+    """Deliveries in receipt order after `after_seq` (keyset streaming)."""
+    where = ["seq > ?"]
+    params: list[Any] = [after_seq]
+    for clause, value in (
+        ("status = ?", status.value if status is not None else None),
+        ("source = ?", source),
+        ("received_at >= ?", since),
+        ("received_at < ?", until),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    return sql, [*params, limit]

@@ -16,7 +16,6 @@ import aiosqlite
 import orjson
 
 from receiver.errors import StorageUnavailable
-from receiver.paging import encode_token
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -29,7 +28,15 @@ from receiver.records import (
     new_id,
 )
 from receiver.storage.base import CommitObserver
-from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to_record
+from receiver.storage.rows import (
+    COLUMNS,
+    INSERT_COLUMNS,
+    insert_params,
+    list_queries,
+    page_of,
+    row_to_record,
+    scan_query,
+)
 from receiver.storage.sqlite_schema import migrate
 from receiver.storage.writer import Writer, connect
 
@@ -309,25 +316,11 @@ class SQLiteStorage:
         limit: int = 100,
         before_seq: int | None = None,
     ) -> DeliveryPage:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("status", status), ("source", source), ("task_id", task_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(str(value))
-        filters = " AND ".join(where) or "1"
-        total = (await self._read(f"SELECT count(*) FROM deliveries WHERE {filters}", params))[0][0]
-        page_where = filters + (" AND seq < ?" if before_seq is not None else "")
-        page_params = [*params, *([before_seq] if before_seq is not None else []), limit + 1]
-        rows = await self._read(
-            f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
-            page_params,
+        count, page = list_queries(
+            status=status, source=source, task_id=task_id, limit=limit, before_seq=before_seq
         )
-        items = [row_to_record(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return DeliveryPage(
-            items=items, total=int(total), next_token=encode_token(items[-1].seq) if more else None
-        )
+        total = (await self._read(*count))[0][0]
+        return page_of(await self._read(*page), total=total, limit=limit)
 
     async def scan_deliveries(
         self,
@@ -339,21 +332,10 @@ class SQLiteStorage:
         since: float | None = None,
         until: float | None = None,
     ) -> list[DeliveryRecord]:
-        where = ["seq > ?"]
-        params: list[Any] = [after_seq]
-        for clause, value in (
-            ("status = ?", status.value if status is not None else None),
-            ("source = ?", source),
-            ("received_at >= ?", since),
-            ("received_at < ?", until),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        rows = await self._read(
-            f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            [*params, limit],
-        )
+        rows = await self._read(*scan_query(
+            after_seq=after_seq, limit=limit, status=status, source=source, since=since,
+            until=until,
+        ))  # fmt: skip
         return [row_to_record(row) for row in rows]
 
     async def dead_ids(self) -> list[str]:
