@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import sample
+from tests.conftest import BACKENDS, sample
+from tests.pg import fetch
 from tests.test_cli import clean_env, free_port
 
 SLOW_PLUGIN = """
@@ -32,13 +33,20 @@ def register(registry):
 """
 
 
-def test_sigterm_lets_running_handlers_finish_and_releases_claims(tmp_path: Path) -> None:
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def test_sigterm_lets_running_handlers_finish_and_releases_claims(
+    tmp_path: Path, db_url: str
+) -> None:
     (tmp_path / "slow_plugin.py").write_text(SLOW_PLUGIN.replace("{marks!r}", repr(str(tmp_path))))
-    db = tmp_path / "t.db"
     config = tmp_path / "taskhook.toml"
     config.write_text(
         'entry_points = false\nhandlers = ["slow_plugin"]\n'
-        f'[database]\nurl = "sqlite:///{db}"\n'
+        f'[database]\nurl = "{db_url}"\n'
         '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
     )
     port = free_port()
@@ -70,12 +78,5 @@ def test_sigterm_lets_running_handlers_finish_and_releases_claims(tmp_path: Path
             proc.kill()
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
     assert (tmp_path / "finished").read_text() == delivery_id
-    with sqlite3.connect(db) as conn:
-        row = conn.execute(
-            "SELECT status, lease_owner FROM deliveries WHERE id = ?", (delivery_id,)
-        ).fetchone()
-        leased = conn.execute(
-            "SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL"
-        ).fetchone()[0]
-    assert row == ("processed", None)
-    assert leased == 0
+    rows = fetch(db_url, "SELECT id, status, lease_owner FROM deliveries")
+    assert rows == [(delivery_id, "processed", None)]  # finished, and no claim left behind
