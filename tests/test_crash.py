@@ -115,6 +115,9 @@ def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path, d
     lost = [d for d in acked.values() if d not in stored]
     unprocessed = [d for d in acked.values() if stored.get(d) != "processed"]
     twice = [d for d, n in applied if n != 1]
+    print(f"[{db_url.split(':')[0]}] acked {len(acked)} of {BURST}, stored {len(stored)}, "
+          f"applied {len(applied)}; lost {len(lost)}, unprocessed {len(unprocessed)}, "
+          f"applied twice {len(twice)}")  # fmt: skip
     assert (len(lost), len(unprocessed), len(twice)) == (0, 0, 0)
     # Everything stored (acked, or committed just before the kill) was applied exactly once.
     assert len(applied) == len(stored) >= len(acked)

@@ -63,3 +63,25 @@ def test_sqlite_dialect_known_answers(sqlite: str, postgres: str, names: tuple[s
     assert translated.sql == postgres
     assert translated.names == names
     assert translated.args({"x": 1, "y": 2} if names else [7]) == ([1, 2] if names else [7])
+
+
+def test_rebuild_on_postgres_equals_the_live_ledger(tmp_path: Path, pg_url: str) -> None:
+    from tests.test_replay import cli, produce, write_config
+
+    config = write_config(tmp_path, "prod")
+    config.write_text(
+        config.read_text().replace(f'url = "sqlite:///{tmp_path / "prod"}.db"', f'url = "{pg_url}"')
+    )
+    assert pg_url in config.read_text()
+    produce(config)
+    tasks = ("SELECT task_id, status, unique_id, customer_review_status, task, response, audits, "
+             "created_at FROM ledger_tasks ORDER BY task_id")  # fmt: skip
+    history = (
+        "SELECT task_id, kind, name, event_id, detail FROM ledger_history ORDER BY task_id, seq"
+    )
+    live = fetch(pg_url, tasks), fetch(pg_url, history)
+    assert len(live[0]) == 6
+    done = cli(config, "rebuild")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rebuilt: 10 deliveries" in done.stdout
+    assert (fetch(pg_url, tasks), fetch(pg_url, history)) == live

@@ -139,6 +139,7 @@ def test_three_replicas_share_one_ledger_exactly_once(tmp_path: Path, pg_url: st
                 proc.kill()
 
     distinct = TOTAL - DUPLICATES
+    print(f"answers {answers}")
     assert answers == {"accepted": distinct, "duplicate": DUPLICATES}
     by_status = dict(fetch(pg_url, "SELECT status, count(*) FROM deliveries GROUP BY status"))
     assert by_status == {"processed": distinct, "duplicate": DUPLICATES}
@@ -152,6 +153,7 @@ def test_three_replicas_share_one_ledger_exactly_once(tmp_path: Path, pg_url: st
     # Each event ran its handler once, on the first attempt: no replica ran one twice.
     runs = fetch(pg_url, "SELECT status, attempts, count(*) FROM handler_runs GROUP BY 1, 2")
     events = fetch(pg_url, EVENTS)
+    print(f"deliveries {by_status}, applied once {len(applied)}, handler runs {runs}")
     assert runs == [("ok", 1, len(events))]
     # Every replica did part of the work.
     owners = fetch(pg_url, "SELECT count(DISTINCT delivery_id) FROM handler_runs")

@@ -290,7 +290,11 @@ class PostgresStorage:
                 if not batch:
                     self._flushing = False
                     return
-            for (_, future), outcome in zip(batch, self._run_batch(batch), strict=True):
+            try:
+                outcomes = self._run_batch(batch)
+            except BaseException as exc:  # never leave a caller waiting on a dead batch
+                outcomes = [StorageUnavailable(f"plugin transaction failed: {exc!r}")] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle, future, outcome)
 
     def _run_batch(self, batch: Sequence[tuple[Callable[..., Any], Any]]) -> list[Any]:
