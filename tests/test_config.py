@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,31 @@ def test_local_default_offers_an_ops_key_from_the_environment(
     ops = settings.api.keys["ops"]
     assert ops.key is not None and ops.key.get_secret_value() == "k"
     assert "tasks.read" in ops.scopes and "deliveries.write" in ops.scopes
+
+
+def test_every_readme_config_example_is_valid_configuration() -> None:
+    """The README's TOML examples, merged into one file, load as settings."""
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    merged: dict[str, Any] = {}
+
+    def merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+        for key, value in more.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    documents = [tomllib.loads(b) for b in blocks if "[project" not in b]
+    assert len(documents) >= 5
+    for document in documents:
+        merge(merged, document)
+    names = set(re.findall(r'_env = "([A-Z_]+)"', readme))
+    settings = settings_from_mapping(merged, environ=dict.fromkeys(names, "from-env"))
+    assert {"refonte", "taskmonk", "clarifai", "cf-labeling", "docs", "billing"} <= set(
+        settings.sources
+    )
+    assert settings.http.body_timeout_seconds == 30
