@@ -73,6 +73,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
+        # Claimed deliveries whose attempt the storage cut short: released for a new attempt
+        # as soon as storage answers again, instead of waiting out their lease.
+        self._stranded: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -117,6 +120,10 @@ class Dispatcher:
                     )
 
     async def claim_and_start(self) -> int:
+        if self._stranded:
+            stranded = list(self._stranded)
+            await self._storage.release_claims(self.owner, ids=stranded)
+            self._stranded.difference_update(stranded)
         room = self._settings.concurrency - len(self._inflight)
         if room <= 0 or (self._inflight and room < self._settings.concurrency // 4):
             # Refill in chunks: a claim is a write transaction, not worth one per delivery.
@@ -161,7 +168,9 @@ class Dispatcher:
             try:
                 await self.process(delivery)
             except StorageUnavailable as exc:
-                # The lease expires and another pass picks the delivery up again.
+                # Released for another attempt once storage answers (or, if this process
+                # dies first, taken up by anyone when the lease expires).
+                self._stranded.add(delivery.id)
                 log.warning("could not record dispatch outcome", error=str(exc))
             except Exception:
                 log.exception("dispatch crashed")

@@ -135,9 +135,9 @@ async def test_postgres_going_away_is_503_and_the_receiver_recovers_by_itself(
     with proxied(pg_url) as (url, proxy):
         app = build_app(
             database={"url": url}, handlers=["handlers.ledger"], sources=OPEN,
-            # A delivery caught mid-dispatch by the outage is taken up again when its lease
-            # expires (a second here, a minute by default).
-            dispatch={"enabled": True, "poll_interval_seconds": 0.05, "lease_seconds": 1.0},
+            # A delivery caught mid-dispatch by the outage is attempted again as soon as
+            # storage answers, not when its (long) lease expires.
+            dispatch={"enabled": True, "poll_interval_seconds": 0.05, "lease_seconds": 600},
         )  # fmt: skip
         async with app.started(), client_for(app) as client:
             assert (await post(client, body(0))).status_code == 200

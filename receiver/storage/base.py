@@ -63,7 +63,8 @@ class Storage(Protocol):
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         """Record handler runs outside a dispatch attempt (backfilling one handler)."""
 
-    async def release_claims(self, owner: str) -> None: ...
+    async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
+        """Give up `owner`'s leases (only those of `ids`, when given)."""
 
     async def backlog(self) -> int:
         """How many deliveries wait to be processed (received or failed)."""

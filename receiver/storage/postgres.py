@@ -396,12 +396,13 @@ class PostgresStorage:
         async with self._conn() as conn, conn.transaction():
             await _record_runs(conn, runs)
 
-    async def release_claims(self, owner: str) -> None:
+    async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         async with self._conn() as conn:
             await conn.execute(
                 "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE lease_owner = $1",
+                "WHERE lease_owner = $1 AND ($2::text[] IS NULL OR id = ANY($2::text[]))",
                 owner,
+                None if ids is None else list(ids),
             )
 
     async def backlog(self) -> int:

@@ -288,14 +288,17 @@ class SQLiteStorage:
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         await self._writer.run(lambda conn: _record_runs(conn, runs))
 
-    async def release_claims(self, owner: str) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE lease_owner = ?",
-                (owner,),
-            )
+    async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
+        sql = (
+            "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE lease_owner = ?"
         )
+        if ids is None:
+            await self._writer.run(lambda conn: conn.execute(sql, (owner,)))
+        else:
+            await self._writer.run(lambda conn: conn.executemany(
+                f"{sql} AND id = ?", [(owner, i) for i in ids]
+            ))  # fmt: skip
 
     async def backlog(self) -> int:
         rows = await self._read(
