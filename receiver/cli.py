@@ -269,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return asyncio.run(run_export(_settings(args), args))
         if args.command == "reconcile":
-            return asyncio.run(run_reconcile(_settings(args), args))
+            try:
+                return asyncio.run(run_reconcile(_settings(args), args))
+            except KeyboardInterrupt:
+                return 0  # Ctrl-C ends the polling loop: the app has shut down cleanly
+
         code: int = args.func(args)
     except (ConfigError, RegistryError, StorageUnavailable) as exc:
         print(f"taskhook: {exc}", file=sys.stderr)

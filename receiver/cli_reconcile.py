@@ -56,7 +56,13 @@ async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             await app.storage.close()
         print(summary.render())
         return 0
-    app = create_app(settings)
+    # This command polls the one source it names; the serve-loop pollers stay off.
+    sources = {
+        name: src.model_copy(update={"reconcile": src.reconcile.model_copy(
+            update={"enabled": False})}) if src.reconcile else src
+        for name, src in settings.sources.items()
+    }  # fmt: skip
+    app = create_app(settings.model_copy(update={"sources": sources}))
     async with app.started():
         reconciler = app.reconciler(args.source)
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,6 +363,28 @@ def test_reconcile_command_once(tmp_path: Path) -> None:
         assert unknown.returncode == 2 and "no [sources.nope.reconcile]" in unknown.stderr
         refused = taskhook("reconcile", "clarifai", "--once", key="wrong")
         assert refused.returncode == 1 and "401" in refused.stderr
+
+        # Without --once it keeps polling (and dispatching) until stopped.
+        fake.tasks["t3"] = clarifai_task("t3", 54003, "2026-11-20T10:02:00Z")
+        config.write_text(config.read_text() + "interval_seconds = 0.2\n")
+        with (tmp_path / "loop.log").open("wb") as log:
+            loop = subprocess.Popen(
+                [*TASKHOOK, "reconcile", "clarifai", "--config", str(config)],
+                env=clean_env(CLARIFAI_KEY=API_KEY), stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            before = len(fake.seen)
+            for _ in range(100):
+                shown = taskhook("tasks", "show", "t3")
+                if shown.returncode == 0 and len(fake.seen) >= before + 2:
+                    break
+                time.sleep(0.1)
+            assert "canceled" in shown.stdout and len(fake.seen) >= before + 2
+        finally:
+            loop.send_signal(signal.SIGINT)
+            code = loop.wait(timeout=15)
+        assert code == 0, (tmp_path / "loop.log").read_text()
+        assert "Traceback" not in (tmp_path / "loop.log").read_text()
 
 
 async def test_serve_polls_sources_with_reconcile_enabled(build_app: AppFactory) -> None:
