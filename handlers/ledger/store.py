@@ -173,13 +173,14 @@ def _save_task(
     delivery: DeliveryRecord,
     outcome: Outcome,
     claimed: str | None,
+    prior_tags: list[str],
 ) -> None:
     state = outcome.state
     task = state.task
     created = _dt(task.get("created_at")) or datetime.fromtimestamp(delivery.received_at, UTC)
     created_at = iso(created)
     updated = _dt(task.get("updated_at"))
-    conn.execute(
+    stored_created = conn.execute(
         """
         INSERT INTO ledger_tasks (task_id, source, status, type, project, batch, unique_id,
             claimed_unique_id, customer_review_status, created_at, updated_at, task, response,
@@ -194,6 +195,7 @@ def _save_task(
             response = excluded.response, version = excluded.version,
             audits = excluded.audits, last_delivery_id = excluded.last_delivery_id,
             ledger_updated_at = excluded.ledger_updated_at
+        RETURNING created_at
         """,
         (
             state.task_id, source, state.status, task.get("type"), task.get("project"),
@@ -202,14 +204,14 @@ def _save_task(
             orjson.dumps(state.response).decode(), _version_json(state.version).decode(),
             orjson.dumps(sorted(state.audits)).decode(), delivery.id, time.time(),
         ),
-    )  # fmt: skip
-    stored_created = conn.execute(
-        "SELECT created_at FROM ledger_tasks WHERE task_id = ?", (state.task_id,)
-    ).fetchone()[0]
+    ).fetchone()[0]  # fmt: skip
+    tags = task.get("tags") or []
+    if tags == prior_tags:
+        return  # the tag index already says this (most snapshots leave tags alone)
     conn.execute("DELETE FROM ledger_task_tags WHERE task_id = ?", (state.task_id,))
     conn.executemany(
         "INSERT OR IGNORE INTO ledger_task_tags (tag, created_at, task_id) VALUES (?,?,?)",
-        [(tag, stored_created, state.task_id) for tag in task.get("tags") or []],
+        [(tag, stored_created, state.task_id) for tag in tags],
     )
 
 
@@ -251,9 +253,13 @@ def record_events(
 ) -> None:
     """Put a delivery's events on the task's history and in the events tables, in the
     caller's transaction."""
-    for event in events:
-        history(conn, task_id, delivery_id, "event", event.payload, name=event.name,
-                event=event.event_id)  # fmt: skip
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO ledger_history (task_id, delivery_id, kind, name, event_id, detail, at) "
+        "VALUES (?,?,?,?,?,?,?)",
+        [(task_id, delivery_id, "event", e.name, e.event_id, orjson.dumps(e.payload).decode(),
+          now) for e in events],
+    )  # fmt: skip
     save_events_in(conn, delivery_id, [persisted(e) for e in events])
 
 
@@ -321,7 +327,8 @@ def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[E
         })  # fmt: skip
         conflict = next((e for e in outcome.events if e.name == "unique_id.conflict"), None)
         claimed = conflict.payload["unique_id"] if conflict else None
-        _save_task(conn, source, delivery, outcome, claimed)
+        prior_tags = (prior.task.get("tags") or []) if prior else []
+        _save_task(conn, source, delivery, outcome, claimed, prior_tags)
         if outcome.release:
             conn.execute(
                 "DELETE FROM ledger_unique_ids WHERE unique_id = ? AND task_id = ?",
