@@ -54,3 +54,16 @@ def fetch(url: str, sql: str) -> list[tuple[object, ...]]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def wait_until_processed(url: str, *, within: float) -> None:
+    """Return once no delivery waits to be processed, or after `within` seconds (the
+    caller's assertions then say what is left)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pending = "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+        if fetch(url, pending)[0][0] == 0:
+            return
+        time.sleep(0.1)

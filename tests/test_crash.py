@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKENDS, sample_json
-from tests.pg import fetch
+from tests.pg import fetch, wait_until_processed
 from tests.test_cli import clean_env, free_port
 
 BURST = 2000
@@ -94,14 +94,7 @@ def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path, d
 
     restarted = start(config, port, log)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            waiting = fetch(
-                db_url, "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
-            )[0][0]
-            if waiting == 0:
-                break
-            time.sleep(0.1)
+        wait_until_processed(db_url, within=60)
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(timeout=15)

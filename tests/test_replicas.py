@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 from receiver.app import create_app
 from receiver.config import settings_from_mapping
 from receiver.simulate import traffic
-from tests.pg import fetch
+from tests.pg import fetch, wait_until_processed
 from tests.test_cli import free_port
 from tests.test_crash import start
 
@@ -119,14 +118,7 @@ def test_three_replicas_share_one_ledger_exactly_once(tmp_path: Path, pg_url: st
             list(pool.map(launch, ports))
         with ThreadPoolExecutor(24) as pool:
             list(pool.map(send, range(TOTAL)))
-        deadline = time.monotonic() + 420
-        while time.monotonic() < deadline:
-            waiting = fetch(
-                pg_url, "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
-            )[0][0]
-            if waiting == 0:
-                break
-            time.sleep(0.2)
+        wait_until_processed(pg_url, within=420)
     finally:
         for client in clients:
             client.close()
