@@ -228,6 +228,15 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _env_value(env: Mapping[str, str], var: object, *, where: str, key: str) -> str:
+    """The value of the environment variable a ``*_env`` key names; empty or unset is an
+    error naming that key."""
+    value = env.get(str(var), "")
+    if not value:
+        raise ConfigError(f"environment variable {var} is empty or unset", where=where, key=key)
+    return value
+
+
 def settings_from_mapping(
     data: Mapping[str, Any], *, where: str = "settings", environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -244,7 +253,7 @@ def settings_from_mapping(
             raise ConfigError("must be a table", where=where, key=f"sources.{name}")
         src = dict(raw)
         if var := src.get("secrets_env"):
-            value = env.get(str(var), "")
+            value = _env_value(env, var, where=where, key=f"sources.{name}.secrets_env")
             found = [s.strip() for s in value.split(",") if s.strip()]
             if not found:
                 raise ConfigError(
@@ -257,13 +266,8 @@ def settings_from_mapping(
             rc = dict(rc)
             for field in ("api_key", "client_secret"):
                 if var := rc.get(f"{field}_env"):
-                    if not env.get(str(var)):
-                        raise ConfigError(
-                            f"environment variable {var} is empty or unset",
-                            where=where,
-                            key=f"sources.{name}.reconcile.{field}_env",
-                        )
-                    rc[field] = env[str(var)]
+                    key = f"sources.{name}.reconcile.{field}_env"
+                    rc[field] = _env_value(env, var, where=where, key=key)
             src["reconcile"] = rc
         sources[name] = src
     if sources:
@@ -273,13 +277,8 @@ def settings_from_mapping(
     keys = dict(api.get("keys") or {})
     for name, raw in keys.items():
         if isinstance(raw, Mapping) and (var := raw.get("key_env")):
-            if not env.get(str(var)):
-                raise ConfigError(
-                    f"environment variable {var} is empty or unset",
-                    where=where,
-                    key=f"api.keys.{name}.key_env",
-                )
-            keys[name] = {**raw, "key": env[str(var)]}
+            value = _env_value(env, var, where=where, key=f"api.keys.{name}.key_env")
+            keys[name] = {**raw, "key": value}
     if keys:
         doc["api"] = {**api, "keys": keys}
 
