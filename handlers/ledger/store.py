@@ -19,7 +19,7 @@ from receiver.bodies import decode
 from receiver.events import Event, event_id, persisted
 from receiver.records import DeliveryRecord
 from receiver.sources.refonte import parse_callback
-from receiver.storage.sqlite import save_events_in
+from receiver.storage.rows import LOAD_EVENTS, save_events_in
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_tasks (
@@ -275,12 +275,8 @@ def derived_events(conn: sqlite3.Connection, delivery_id: str) -> list[Event] | 
     ).fetchone()
     if row is None or not row[0]:
         return None
-    rows = conn.execute(
-        "SELECT e.payload FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
-        "WHERE de.delivery_id = ? ORDER BY de.position",
-        (delivery_id,),
-    ).fetchall()
-    return [Event.model_validate_json(r[0]) for r in rows]
+    rows = conn.execute(LOAD_EVENTS, (delivery_id,)).fetchall()
+    return [Event.model_validate_json(r[4]) for r in rows]
 
 
 def apply_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[Event]:

@@ -48,10 +48,17 @@ from receiver.storage.postgres_schema import migrate
 from receiver.storage.rows import (
     COLUMNS,
     INSERT_COLUMNS,
+    INSERT_EVENTS,
+    LINK_EVENTS,
+    LOAD_EVENTS,
+    MARK_DERIVED,
+    UPSERT_RUNS,
+    event_rows,
     insert_params,
     list_queries,
     page_of,
     row_to_record,
+    run_rows,
     scan_query,
 )
 
@@ -356,12 +363,7 @@ class PostgresStorage:
 
     async def load_events(self, delivery_id: str) -> list[StoredEvent]:
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
-                "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
-                "WHERE de.delivery_id = $1 ORDER BY de.position",
-                delivery_id,
-            )
+            rows = await conn.fetch(to_postgres(LOAD_EVENTS).sql, delivery_id)
         return [StoredEvent(*row) for row in rows]
 
     async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
@@ -515,39 +517,15 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
 
 
 async def _save_events(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
-    await conn.executemany(
-        "INSERT INTO events (event_id, name, task_id, delivery_id, payload) "
-        "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (event_id) DO NOTHING",
-        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
-    )
-    await conn.executemany(
-        "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES ($1,$2,$3) "
-        "ON CONFLICT DO NOTHING",
-        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
-    )
-    await conn.execute("UPDATE deliveries SET events_derived = 1 WHERE id = $1", delivery_id)
+    inserted, linked = event_rows(delivery_id, events)
+    await conn.executemany(to_postgres(INSERT_EVENTS).sql, inserted)
+    await conn.executemany(to_postgres(LINK_EVENTS).sql, linked)
+    await conn.execute(to_postgres(MARK_DERIVED).sql, delivery_id)
 
 
 async def _record_runs(conn: Any, runs: Sequence[HandlerRun]) -> None:
-    if not runs:
-        return
-    now = time.time()
-    await conn.executemany(
-        """
-        INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
-                                  traceback, updated_at)
-        VALUES ($1,$2,$3,$4,1,$5,$6,$7)
-        ON CONFLICT (event_id, handler) DO UPDATE SET
-            status = excluded.status, delivery_id = excluded.delivery_id,
-            attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
-            traceback = excluded.traceback, updated_at = excluded.updated_at
-        """,
-        [
-            (r.event_id, r.handler, r.delivery_id, "ok" if r.ok else "failed", r.error,
-             r.traceback, now)
-            for r in runs
-        ],
-    )  # fmt: skip
+    if runs:
+        await conn.executemany(to_postgres(UPSERT_RUNS).sql, run_rows(runs, time.time()))
 
 
 __all__ = ["BridgeConnection", "PostgresStorage"]

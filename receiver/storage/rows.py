@@ -8,7 +8,14 @@ from typing import Any
 import orjson
 
 from receiver.paging import encode_token
-from receiver.records import DeliveryPage, DeliveryRecord, DeliveryStatus, NewDelivery
+from receiver.records import (
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryStatus,
+    HandlerRun,
+    NewDelivery,
+    StoredEvent,
+)
 
 COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
@@ -126,3 +133,58 @@ def scan_query(
             params.append(value)
     sql = f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
     return sql, [*params, limit]
+
+
+# A delivery's events and handler runs, in the SQLite dialect (the PostgreSQL backend
+# translates them): one text of each statement for both backends and the plugins.
+INSERT_EVENTS = (
+    "INSERT INTO events (event_id, name, task_id, delivery_id, payload) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+LINK_EVENTS = (
+    "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES (?,?,?) "
+    "ON CONFLICT DO NOTHING"
+)
+MARK_DERIVED = "UPDATE deliveries SET events_derived = 1 WHERE id = ?"
+LOAD_EVENTS = (
+    "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
+    "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
+    "WHERE de.delivery_id = ? ORDER BY de.position"
+)
+UPSERT_RUNS = """
+    INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
+                              traceback, updated_at)
+    VALUES (?,?,?,?,1,?,?,?)
+    ON CONFLICT (event_id, handler) DO UPDATE SET
+        status = excluded.status, delivery_id = excluded.delivery_id,
+        attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
+        traceback = excluded.traceback, updated_at = excluded.updated_at
+"""
+
+
+def event_rows(
+    delivery_id: str, events: Sequence[StoredEvent]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Parameters of INSERT_EVENTS and of LINK_EVENTS for a delivery's events."""
+    return (
+        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
+        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
+    )
+
+
+def run_rows(runs: Sequence[HandlerRun], now: float) -> list[tuple[Any, ...]]:
+    """Parameters of UPSERT_RUNS."""
+    return [
+        (r.event_id, r.handler, r.delivery_id, "ok" if r.ok else "failed", r.error,
+         r.traceback, now)
+        for r in runs
+    ]  # fmt: skip
+
+
+def save_events_in(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
+    """Persist a delivery's events inside the caller's transaction: the storage's own, or a
+    plugin's state op on either backend (a DB-API connection, or PostgreSQL's bridge)."""
+    inserted, linked = event_rows(delivery_id, events)
+    conn.executemany(INSERT_EVENTS, inserted)
+    conn.executemany(LINK_EVENTS, linked)
+    conn.execute(MARK_DERIVED, (delivery_id,))

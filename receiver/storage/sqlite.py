@@ -31,10 +31,14 @@ from receiver.storage.base import CommitObserver
 from receiver.storage.rows import (
     COLUMNS,
     INSERT_COLUMNS,
+    LOAD_EVENTS,
+    UPSERT_RUNS,
     insert_params,
     list_queries,
     page_of,
     row_to_record,
+    run_rows,
+    save_events_in,
     scan_query,
 )
 from receiver.storage.sqlite_schema import migrate
@@ -110,48 +114,8 @@ def _claim(
     return [row_to_record(row) for row in rows]
 
 
-def save_events_in(
-    conn: sqlite3.Connection, delivery_id: str, events: Sequence[StoredEvent]
-) -> None:
-    """Persist a delivery's events inside the caller's transaction (plugins' state ops)."""
-    conn.executemany(
-        "INSERT INTO events (event_id, name, task_id, delivery_id, payload) VALUES (?,?,?,?,?) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
-    )
-    conn.executemany(
-        "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES (?,?,?) "
-        "ON CONFLICT DO NOTHING",
-        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
-    )
-    conn.execute("UPDATE deliveries SET events_derived = 1 WHERE id = ?", (delivery_id,))
-
-
 def _record_runs(conn: sqlite3.Connection, runs: Sequence[HandlerRun]) -> None:
-    now = time.time()
-    conn.executemany(
-        """
-        INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
-                                  traceback, updated_at)
-        VALUES (?,?,?,?,1,?,?,?)
-        ON CONFLICT (event_id, handler) DO UPDATE SET
-            status = excluded.status, delivery_id = excluded.delivery_id,
-            attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
-            traceback = excluded.traceback, updated_at = excluded.updated_at
-        """,
-        [
-            (
-                r.event_id,
-                r.handler,
-                r.delivery_id,
-                "ok" if r.ok else "failed",
-                r.error,
-                r.traceback,
-                now,
-            )
-            for r in runs
-        ],
-    )
+    conn.executemany(UPSERT_RUNS, run_rows(runs, time.time()))
 
 
 def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> None:
@@ -263,12 +227,7 @@ class SQLiteStorage:
         await self._writer.run(lambda conn: save_events_in(conn, delivery_id, events))
 
     async def load_events(self, delivery_id: str) -> list[StoredEvent]:
-        rows = await self._read(
-            "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
-            "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
-            "WHERE de.delivery_id = ? ORDER BY de.position",
-            (delivery_id,),
-        )
+        rows = await self._read(LOAD_EVENTS, (delivery_id,))
         return [StoredEvent(*row) for row in rows]
 
     async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
