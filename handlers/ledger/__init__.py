@@ -24,9 +24,10 @@ from receiver.events import Event
 from receiver.records import DeliveryRecord
 from receiver.registry import HandlerRegistry
 
-# The kinds the ledger interprets: Refonte-shaped snapshots (the pollers of vendors that
-# never call back synthesize those too), then document-review callbacks.
-KINDS = ("refonte", "clarifai", "taskmonk", "document-review")
+# Refonte-shaped task snapshots: called back, or synthesized by the pollers of vendors that
+# never call back. The ledger interprets those and document-review callbacks.
+SNAPSHOT_KINDS = ("refonte", "clarifai", "taskmonk")
+KINDS = (*SNAPSHOT_KINDS, "document-review")
 Apply = Callable[[sqlite3.Connection, DeliveryRecord], list[Event]]
 
 
@@ -57,7 +58,9 @@ def register(registry: HandlerRegistry) -> None:
             reset(conn)
             # What the ledger interprets is to be applied again (`derived_events` guards).
             conn.execute(
-                "UPDATE deliveries SET events_derived = 0 WHERE kind IN (?, ?, ?, ?)", KINDS
+                "UPDATE deliveries SET events_derived = 0 WHERE kind IN "
+                f"({', '.join('?' * len(KINDS))})",
+                KINDS,
             )
 
         await storage.transact(op)
@@ -74,7 +77,7 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_startup(create)
     registry.on_reset(empty)
-    for kind in KINDS[:3]:
+    for kind in SNAPSHOT_KINDS:
         registry.interpret(kind, interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))
     registry.add_command(command(storage.query))
