@@ -53,7 +53,9 @@ class TaskhookApp:
         self.metrics = Metrics()
         self.keys = KeyRing(settings.api.keys)
         self.storage = storage or open_storage(
-            settings.database.url, on_commit=self.metrics.observe_commit
+            settings.database.url,
+            on_commit=self.metrics.observe_commit,
+            max_queue=settings.database.max_queued_writes,
         )
         declared = {name for src in settings.sources.values() for name in src.events}
         self.registry = HandlerRegistry(

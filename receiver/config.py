@@ -51,6 +51,8 @@ class _Strict(BaseModel):
 
 class DatabaseSettings(_Strict):
     url: str = "sqlite:///taskhook.db"
+    # New deliveries waiting for their commit; past it the intake answers 503 + Retry-After.
+    max_queued_writes: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _known_scheme(self) -> DatabaseSettings:
@@ -197,14 +199,39 @@ class DispatchSettings(_Strict):
     concurrency: int = Field(default=16, ge=1)
     batch_size: int = Field(default=200, ge=1)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # A claim's lease; renewed by every heartbeat while its delivery is in flight, so it only
+    # runs out for a process that stopped beating.
     lease_seconds: float = Field(default=60.0, gt=0)
+    # How often a process says it is alive (and renews its leases), and how long another
+    # process waits after the last word before it takes the silent one's claims over.
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    takeover_seconds: float = Field(default=10.0, gt=0)
+    # One handler run's limit, and how many runs of one handler may be going at once (a
+    # handler's own `timeout=` / `concurrency=` wins); threads for synchronous handlers.
+    handler_timeout_seconds: float = Field(default=30.0, gt=0)
+    handler_concurrency: int = Field(default=8, ge=1)
+    sync_threads: int = Field(default=16, ge=1)
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _renewable(self) -> DispatchSettings:
+        # Two heartbeats may be lost (a slow commit, a busy loop) before a claim is in doubt.
+        for key in ("lease_seconds", "takeover_seconds"):
+            if self.heartbeat_seconds * 3 > getattr(self, key):
+                raise ValueError(
+                    f"dispatch.heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most "
+                    f"a third of dispatch.{key} ({getattr(self, key):g}): leases could not be "
+                    "renewed in time and a live process would lose its claims"
+                )
+        return self
 
 
 class HttpSettings(_Strict):
     # A sender that has not delivered its whole body this long after the request began gets
     # 408 and its connection closed: slow or stalled clients cannot hold workers forever.
     body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections and requests served at once; past it the server answers 503 at once.
+    max_concurrency: int = Field(default=1000, ge=1)
 
 
 class LogSettings(_Strict):

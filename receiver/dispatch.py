@@ -6,24 +6,29 @@ each registered handler that has not yet succeeded on each event, and records ev
 A failed run is retried with exponential backoff and jitter, re-running only the handlers
 that failed; after ``max_attempts`` the delivery is `dead`, its error and traceback kept.
 The intake never waits on any of this: it only `notify()`s.
+
+Exactly once per (event, handler): a run that succeeded is recorded and never repeated; the
+process's heartbeat (`Liveness`) keeps its leases alive however long handlers take, so no
+other process claims what it runs; and a claim never returns what this process holds.
+Handlers are isolated from the process and from each other (`HandlerRunner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import random
 import time
-import traceback
 from collections.abc import Callable, Mapping
 
 import structlog
 
 from receiver.config import DispatchSettings
-from receiver.errors import PayloadError, StorageUnavailable
+from receiver.errors import PayloadError, StorageUnavailable, TaskhookError
 from receiver.events import Event, persisted
+from receiver.handler_runs import HandlerRunner, ours_cancelled
+from receiver.liveness import Liveness
 from receiver.metrics import Metrics
 from receiver.records import (
     DeliveryOutcome,
@@ -32,13 +37,19 @@ from receiver.records import (
     HandlerRun,
     new_id,
 )
-from receiver.registry import HandlerRegistry
+from receiver.registry import HandlerRegistry, RegisteredHandler
 from receiver.sources import SourceAdapter
 from receiver.storage import Storage
 
 log = structlog.get_logger("taskhook.dispatch")
 
 Clock = Callable[[], float]
+BACKLOG_SAMPLE_SECONDS = 1.0
+
+
+class ClaimLost(TaskhookError):
+    """This process can no longer vouch for its lease on a delivery (taken over, or the
+    heartbeat failed too long): it starts no further handler on it."""
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
@@ -59,7 +70,6 @@ class Dispatcher:
         metrics: Metrics,
         clock: Clock = time.time,
         rng: random.Random | None = None,
-        handler_timeout: float = 30.0,
     ) -> None:
         self._storage = storage
         self._registry = registry
@@ -68,18 +78,26 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
-        self._handler_timeout = handler_timeout
         self.owner = f"{os.getpid()}-{new_id('')}"
+        self.liveness = Liveness(storage=storage, settings=settings, owner=self.owner, clock=clock)
+        self.runner = HandlerRunner(
+            settings=settings, metrics=metrics, error_hooks=lambda: registry.error_hooks
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._running: dict[int, str] = {}  # seq -> delivery id, of deliveries in flight here
+        self._lost: set[str] = set()  # in flight here, but no longer leased by this process
         # Claimed deliveries whose attempt the storage cut short: released for a new attempt
         # as soon as storage answers again, instead of waiting out their lease.
         self._stranded: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self._backlog_at = float("-inf")
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="taskhook-dispatcher")
+        self._beat_task = asyncio.create_task(self._beat(), name="taskhook-heartbeat")
 
     def notify(self) -> None:
         """Something new may be ready: claim without waiting for the next poll."""
@@ -97,8 +115,36 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
+            self._beat_task = None
         with contextlib.suppress(StorageUnavailable):
             await self._storage.release_claims(self.owner)
+            await self.liveness.retire()
+        self.runner.close()
+
+    async def _beat(self) -> None:
+        """Beat while anything runs, even when nothing is claimed for a long while."""
+        while not self._stopping:
+            try:
+                await self.heartbeat()
+            except StorageUnavailable as exc:
+                log.warning("heartbeat failed", error=str(exc))
+            except Exception:
+                log.exception("heartbeat crashed")
+            await asyncio.sleep(self._settings.heartbeat_seconds / 2)
+
+    async def heartbeat(self) -> None:
+        """Beat if due, and mark deliveries whose lease this process no longer holds."""
+        before = dict(self._running)
+        renewed = await self.liveness.ensure()
+        if renewed is None:
+            return
+        lost = {i for seq, i in before.items() if seq not in renewed and seq in self._running}
+        if lost - self._lost:
+            log.warning("claims taken over by another process", deliveries=sorted(lost))
+        self._lost |= lost
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -106,7 +152,7 @@ class Dispatcher:
             started = 0
             try:
                 started = await self.claim_and_start()
-                self._metrics.backlog.set(await self._storage.backlog())
+                await self._sample_backlog()
             except StorageUnavailable as exc:
                 log.warning("dispatch poll failed", error=str(exc))
             except Exception:
@@ -119,7 +165,17 @@ class Dispatcher:
                         self._wake.wait(), timeout=self._settings.poll_interval_seconds
                     )
 
+    async def _sample_backlog(self) -> None:
+        # A count over every pending row: sampled, not run at every wake of a busy dispatcher.
+        now = time.monotonic()
+        if now - self._backlog_at >= BACKLOG_SAMPLE_SECONDS:
+            self._backlog_at = now
+            self._metrics.backlog.set(await self._storage.backlog())
+
     async def claim_and_start(self) -> int:
+        await self.heartbeat()
+        if not self.liveness.healthy():
+            return 0  # fenced: others may be taking this process's claims over
         if self._stranded:
             stranded = list(self._stranded)
             await self._storage.release_claims(self.owner, ids=stranded)
@@ -134,11 +190,16 @@ class Dispatcher:
             now=self._clock(),
             lease_seconds=self._settings.lease_seconds,
         )
+        started = 0
         for delivery in claimed:
+            if delivery.seq in self._running:
+                continue  # already in flight here (the claim excludes it; belt and braces)
+            self._running[delivery.seq] = delivery.id
             task = asyncio.create_task(self._guarded(delivery))
             self._inflight.add(task)
             task.add_done_callback(self._done)
-        return len(claimed)
+            started += 1
+        return started
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -169,11 +230,23 @@ class Dispatcher:
                 await self.process(delivery)
             except StorageUnavailable as exc:
                 # Released for another attempt once storage answers (or, if this process
-                # dies first, taken up by anyone when the lease expires).
+                # dies first, taken over by another when its heartbeat stops).
                 self._stranded.add(delivery.id)
                 log.warning("could not record dispatch outcome", error=str(exc))
+            except ClaimLost as exc:
+                self._stranded.add(delivery.id)  # releases only a lease still ours
+                log.warning("stopped work on a delivery", reason=str(exc))
             except Exception:
                 log.exception("dispatch crashed")
+            finally:
+                self._running.pop(delivery.seq, None)
+                self._lost.discard(delivery.id)
+
+    def _check_claim(self, delivery: DeliveryRecord) -> None:
+        if delivery.id in self._lost:
+            raise ClaimLost("its claim was taken over by another process")
+        if not self.liveness.healthy():
+            raise ClaimLost("heartbeat failing: another process may be taking over")
 
     async def process(self, delivery: DeliveryRecord) -> DeliveryOutcome:
         """One attempt at one leased delivery; returns (and records) how it ended."""
@@ -186,10 +259,12 @@ class Dispatcher:
             return await self._finish(delivery, outcome, events=0)
         except StorageUnavailable:
             raise
-        except Exception as exc:
-            return await self._finish(
-                delivery, self._failure(delivery, f"deriving events failed: {exc!r}", ()), events=0
-            )
+        except asyncio.CancelledError as exc:
+            if ours_cancelled():
+                raise
+            return await self._underivable(delivery, exc)
+        except BaseException as exc:  # an interpreter's bug, SystemExit & co.: contained
+            return await self._underivable(delivery, exc)
 
         wanted = [e.event_id for e in events if self._registry.handlers_for(e.name)]
         # No handler for any of them (a ledger-only setup): no need to ask what already ran.
@@ -202,8 +277,8 @@ class Dispatcher:
                 for handler in self._registry.handlers_for(event.name):
                     if (event.event_id, handler.name) in done:
                         continue
-                    run = await self.run_handler(handler.name, handler.func, event)
-                    runs.append(run)
+                    self._check_claim(delivery)
+                    runs.append(await self.run_handler(handler, event))
         failures = [r for r in runs if not r.ok]
         if not failures:
             outcome = DeliveryOutcome(
@@ -213,6 +288,10 @@ class Dispatcher:
             summary = "; ".join(f"{r.handler} on {r.event_id}: {r.error}" for r in failures)
             outcome = self._failure(delivery, summary, runs, failures[0].traceback)
         return await self._finish(delivery, outcome, events=len(events))
+
+    async def _underivable(self, delivery: DeliveryRecord, exc: BaseException) -> DeliveryOutcome:
+        failure = self._failure(delivery, f"deriving events failed: {exc!r}", ())
+        return await self._finish(delivery, failure, events=0)
 
     async def _events(self, delivery: DeliveryRecord) -> list[Event]:
         if delivery.events_derived:
@@ -232,38 +311,9 @@ class Dispatcher:
         )
         return events
 
-    async def run_handler(self, name: str, func: Callable[..., object], event: Event) -> HandlerRun:
-        try:
-            async with asyncio.timeout(self._handler_timeout):
-                result = func(event)
-                if inspect.isawaitable(result):
-                    await result
-        except Exception as exc:
-            self._metrics.handler_runs.labels(name, "failed").inc()
-            error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, TimeoutError):
-                error = f"timed out after {self._handler_timeout:g}s"
-            log.warning("handler failed", handler=name, error=error)
-            await self._call_error_hooks(event, name, exc)
-            return HandlerRun(
-                event.event_id,
-                name,
-                event.delivery_id,
-                ok=False,
-                error=error,
-                traceback="".join(traceback.format_exception(exc)),
-            )
-        self._metrics.handler_runs.labels(name, "ok").inc()
-        return HandlerRun(event.event_id, name, event.delivery_id, ok=True)
-
-    async def _call_error_hooks(self, event: Event, name: str, exc: BaseException) -> None:
-        for hook in self._registry.error_hooks:
-            try:
-                result = hook(event, name, exc)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("error hook failed", hook=repr(hook))
+    async def run_handler(self, handler: RegisteredHandler, event: Event) -> HandlerRun:
+        """One isolated run of `handler` on `event` (`HandlerRunner`)."""
+        return await self.runner.run(handler, event)
 
     def _failure(
         self,
@@ -301,7 +351,9 @@ class Dispatcher:
     async def _finish(
         self, delivery: DeliveryRecord, outcome: DeliveryOutcome, *, events: int
     ) -> DeliveryOutcome:
-        await self._storage.finish(outcome, owner=self.owner)
+        if not await self._storage.finish(outcome, owner=self.owner):
+            log.warning("another process holds this delivery now; its attempt counts")
+            return outcome
         self._metrics.dispatched.labels(outcome.status.value).inc()
         fields = {"status": outcome.status.value, "events": events, "attempt": outcome.attempts}
         if outcome.status is DeliveryStatus.PROCESSED:

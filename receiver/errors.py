@@ -9,9 +9,11 @@ routes). Each class says when to catch it::
     ├── PayloadError           authenticated, but the body cannot be read (400, quarantined)
     │   └── UnsupportedMediaType   the content type is not one we can read (415, quarantined)
     ├── StorageUnavailable     the database cannot take or give data right now (503)
+    │   └── StorageBusy            more writes are queued than the bound allows (503, sooner)
     ├── NotFound               the thing asked for does not exist (404)
     ├── RegistryError          a handler or plugin is wrong at registration time
-    └── HandlerError           a handler failed while dispatching (kept on the run record)
+    ├── HandlerError           a handler failed while dispatching (kept on the run record)
+    └── Aborted                plugin code raised SystemExit & co.; contained, not re-raised
 
 This module imports nothing of ours.
 """
@@ -61,6 +63,10 @@ class StorageUnavailable(TaskhookError):
     """The storage backend cannot take or give data right now; the caller may retry."""
 
 
+class StorageBusy(StorageUnavailable):
+    """The write queue is full: the caller should retry shortly (backpressure, not a fault)."""
+
+
 class NotFound(TaskhookError):
     """The requested record does not exist."""
 
@@ -73,6 +79,12 @@ class HandlerError(TaskhookError):
     """A handler raised while processing an event."""
 
 
+class Aborted(TaskhookError):
+    """Plugin code ended with an exception that is not an `Exception` (``SystemExit``,
+    ``KeyboardInterrupt``, ``GeneratorExit``): contained and reported as this instead, so it
+    cannot stop the process that serves everyone else."""
+
+
 class VendorError(TaskhookError):
     """A vendor API polled by reconciliation answered with an error, or not at all, after
     the retries it deserved. The pass stops; its cursor stays where it was."""
@@ -82,3 +94,13 @@ class VendorError(TaskhookError):
         self.source = source
         self.reason = reason
         self.status = status
+
+
+def contain(exc: BaseException) -> Exception:
+    """`exc` if it is an `Exception`, else an `Aborted` caused by it (safe to hand back to a
+    caller instead of letting ``SystemExit`` & co. unwind the event loop)."""
+    if isinstance(exc, Exception):
+        return exc
+    aborted = Aborted(f"{type(exc).__name__}: {exc}")
+    aborted.__cause__ = exc
+    return aborted

@@ -66,7 +66,7 @@ async def backfill(app: TaskhookApp, handler_name: str) -> RebuildSummary:
         for event in events:
             wanted = handler.events is None or event.name in handler.events
             if wanted and (event.event_id, handler.name) not in done:
-                runs.append(await app.dispatcher.run_handler(handler.name, handler.func, event))
+                runs.append(await app.dispatcher.run_handler(handler, event))
         if runs:
             await app.storage.record_runs(runs)
         summary.deliveries += 1

@@ -27,6 +27,16 @@ class DeliveryStatus(StrEnum):
 PENDING_STATUSES = (DeliveryStatus.RECEIVED, DeliveryStatus.FAILED)
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A dispatching process as the shared database knows it (its heartbeat row)."""
+
+    owner: str
+    host: str
+    pid: int
+    heartbeat_at: float
+
+
 def new_id(prefix: str, now: float | None = None) -> str:
     """A ULID-like id: 48 bits of milliseconds then 80 random bits, Crockford base32.
 
@@ -61,6 +71,8 @@ class NewDelivery:
     error: str | None = None
     replayed: bool = False
     reconciled: bool = False
+    # The API key name of the operator whose action this delivery records (None: a callback).
+    operator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,12 @@ class DeliveryRecord:
     events_derived: bool
     processed_at: float | None
     reconciled: bool = False
+    operator: str | None = None
+
+    @property
+    def lane(self) -> str:
+        """The queue this delivery waits in: its task's, or its own when it names no task."""
+        return self.task_id if self.task_id is not None else self.id
 
 
 @dataclass(frozen=True, slots=True)

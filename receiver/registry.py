@@ -47,6 +47,9 @@ class RegisteredHandler:
     name: str
     func: Handler
     events: frozenset[str] | None  # None: every event
+    # Seconds one run may take, and runs of this handler at once (None: the [dispatch] defaults).
+    timeout: float | None = None
+    concurrency: int | None = None
 
 
 def default_name(func: Callable[..., Any]) -> str:
@@ -136,9 +139,19 @@ class HandlerRegistry:
         return self._known
 
     def on(
-        self, events: str | Iterable[str], handler: Handler, *, name: str | None = None
+        self,
+        events: str | Iterable[str],
+        handler: Handler,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
     ) -> Handler:
-        """Run `handler` for the named event(s). Returns the handler (usable as a decorator)."""
+        """Run `handler` for the named event(s). Returns the handler (usable as a decorator).
+
+        `timeout` (seconds a run may take) and `concurrency` (runs at once) override the
+        ``[dispatch]`` defaults ``handler_timeout_seconds`` and ``handler_concurrency``.
+        """
         wanted = frozenset([events] if isinstance(events, str) else events)
         if not wanted:
             raise RegistryError("register for at least one event name (or use on_any)")
@@ -148,13 +161,35 @@ class HandlerRegistry:
                 f"unknown event name(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(self._known))}"
             )
-        self._add(RegisteredHandler(self._name(handler, name), handler, wanted))
+        self._add(self._entry(handler, name, wanted, timeout, concurrency))
         return handler
 
-    def on_any(self, handler: Handler, *, name: str | None = None) -> Handler:
-        """Run `handler` for every event."""
-        self._add(RegisteredHandler(self._name(handler, name), handler, None))
+    def on_any(
+        self,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> Handler:
+        """Run `handler` for every event (options as for `on`)."""
+        self._add(self._entry(handler, name, None, timeout, concurrency))
         return handler
+
+    def _entry(
+        self,
+        handler: Handler,
+        name: str | None,
+        events: frozenset[str] | None,
+        timeout: float | None,
+        concurrency: int | None,
+    ) -> RegisteredHandler:
+        entry_name = self._name(handler, name)
+        if timeout is not None and not timeout > 0:
+            raise RegistryError(f"handler {entry_name!r}: timeout must be a positive number")
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise RegistryError(f"handler {entry_name!r}: concurrency must be at least 1")
+        return RegisteredHandler(entry_name, handler, events, timeout, concurrency)
 
     def on_error(self, hook: ErrorHook) -> ErrorHook:
         """Call `hook(event, handler_name, exception)` whenever a handler fails."""

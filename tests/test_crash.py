@@ -50,7 +50,7 @@ def test_kill_9_mid_burst_loses_nothing_acked_and_applies_once(tmp_path: Path, d
         'entry_points = false\nhandlers = ["handlers.ledger"]\n'
         f'[database]\nurl = "{db_url}"\n'
         '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
-        "[dispatch]\nlease_seconds = 1.0\npoll_interval_seconds = 0.1\n"
+        "[dispatch]\npoll_interval_seconds = 0.1\n"
         '[log]\nlevel = "warning"\n'
     )
     port = free_port()

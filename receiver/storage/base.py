@@ -16,6 +16,7 @@ from receiver.records import (
     DeliveryStatus,
     HandlerRun,
     NewDelivery,
+    Owner,
     StoredEvent,
     StoreResult,
 )
@@ -44,9 +45,11 @@ class Storage(Protocol):
     ) -> list[DeliveryRecord]:
         """Lease up to `limit` deliveries that are due and head their task's queue.
 
-        A delivery is claimable when it is received or failed, due, not leased by anyone
-        else (or its lease expired), and no earlier pending delivery of the same
-        (source, task_id) exists: this is what keeps per-task receipt order.
+        A delivery is claimable when it heads its lane (no earlier pending delivery of the
+        same (source, task_id): this keeps per-task receipt order), is due, and is leased by
+        nobody, or by another owner whose lease expired. A claim never returns what `owner`
+        itself holds. Its cost is O(limit + deliveries in flight), whatever waits behind
+        heads in backoff (`receiver.storage.queue`).
         """
 
     async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
@@ -57,14 +60,30 @@ class Storage(Protocol):
     async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
         """The (event_id, handler) pairs that already ran successfully."""
 
-    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
-        """Record handler runs and the delivery's new state, and release its lease."""
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> bool:
+        """Record handler runs and the delivery's new state, release its lease and move its
+        lane on. False (runs recorded, state untouched) when another owner leases it now."""
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         """Record handler runs outside a dispatch attempt (backfilling one handler)."""
 
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         """Give up `owner`'s leases (only those of `ids`, when given)."""
+
+    async def heartbeat(
+        self, owner: str, *, host: str, pid: int, now: float, lease_seconds: float
+    ) -> set[int]:
+        """Say `owner` is alive at `now` and extend each of its leases to `now` +
+        `lease_seconds`; the seqs of the leases it still holds."""
+
+    async def owners(self) -> list[Owner]:
+        """Every dispatching process that has beaten and not retired."""
+
+    async def release_owners(self, owners: Sequence[str]) -> int:
+        """Free every lease of `owners` (found dead) and forget them; how many were freed."""
+
+    async def retire(self, owner: str) -> None:
+        """`owner` stops dispatching (its leases are released separately)."""
 
     async def backlog(self) -> int:
         """How many deliveries wait to be processed (received or failed)."""

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 import asyncpg
 import orjson
 
-from receiver.errors import StorageUnavailable
+from receiver.errors import StorageBusy, StorageUnavailable, contain
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -39,9 +39,11 @@ from receiver.records import (
     DeliveryStatus,
     HandlerRun,
     NewDelivery,
+    Owner,
     StoredEvent,
     StoreResult,
 )
+from receiver.storage import queue
 from receiver.storage.base import CommitObserver
 from receiver.storage.dialect import to_postgres
 from receiver.storage.postgres_schema import migrate
@@ -81,30 +83,64 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
 )
 
-_PLACEHOLDERS = ",".join(f"${i}" for i in range(1, INSERT_COLUMNS.count(",") + 2))
-_INSERT = (
-    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-    "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING RETURNING seq"
-)
+_COUNT = INSERT_COLUMNS.count(",") + 1
+_PLACEHOLDERS = ",".join(f"${i}" for i in range(1, _COUNT + 1))
+# One statement, autocommitted: the delivery and, when it is pending, its place in the queue
+# (`queue.ENQUEUE`, whose conflict arm locks the lane's head row).
+_INSERT = f"""
+    WITH ins AS (
+        INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})
+        ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING
+        RETURNING seq, source, status, next_attempt_at
+    ), head AS (
+        INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at)
+        SELECT source, ${_COUNT + 1}, seq, next_attempt_at FROM ins WHERE status = 'received'
+        ON CONFLICT (source, lane) DO UPDATE SET seq = dispatch_heads.seq WHERE false
+    )
+    SELECT seq FROM ins
+"""
 _INSERT_DUPLICATE = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 _CLAIM = f"""
     WITH ready AS (
-        SELECT d.seq FROM deliveries AS d
-        WHERE d.status IN ('received', 'failed')
-          AND d.next_attempt_at <= $1
-          AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1)
-          AND NOT EXISTS (
-              SELECT 1 FROM deliveries AS e
-              WHERE e.source = d.source AND e.task_id = d.task_id AND e.seq < d.seq
-                AND e.status IN ('received', 'failed'))
-        ORDER BY d.seq
+        SELECT h.seq FROM dispatch_heads AS h
+        WHERE h.next_attempt_at <= $1
+          AND (h.lease_owner IS NULL OR (h.lease_expires_at <= $1 AND h.lease_owner <> $3))
+        ORDER BY h.next_attempt_at, h.seq
         LIMIT $2
         FOR UPDATE SKIP LOCKED
+    ), leased AS (
+        UPDATE dispatch_heads AS h SET lease_owner = $3, lease_expires_at = $4
+        FROM ready WHERE h.seq = ready.seq
+        RETURNING h.seq
     )
-    UPDATE deliveries SET lease_owner = $3, lease_expires_at = $4
-    FROM ready WHERE deliveries.seq = ready.seq
-    RETURNING {", ".join("deliveries." + c.strip() for c in COLUMNS.split(","))}
+    SELECT {COLUMNS} FROM deliveries WHERE seq IN (SELECT seq FROM leased) ORDER BY seq
 """
+_FINISH = to_postgres(queue.FINISH).sql
+_REQUEUE = """
+    UPDATE deliveries SET status = 'received', next_attempt_at = $1, attempts = 0,
+           lease_owner = NULL, lease_expires_at = NULL, events_derived =
+           CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END,
+           updated_at = $1
+    WHERE id = $2 AND status IN ('failed', 'dead', 'quarantined')
+    RETURNING seq, source, COALESCE(task_id, id)
+"""
+
+
+class _Queue:
+    """`queue`'s statements as PostgreSQL runs them."""
+
+    retry_later = to_postgres(queue.RETRY_LATER).sql
+    dequeue = to_postgres(queue.DEQUEUE).sql
+    promote = to_postgres(queue.PROMOTE).sql
+    requeue = to_postgres(queue.REQUEUE).sql
+    beat = to_postgres(queue.BEAT).sql
+    renew = to_postgres(queue.RENEW).sql
+    owners = to_postgres(queue.OWNERS).sql
+    release = to_postgres(queue.RELEASE).sql
+    retire = to_postgres(queue.RETIRE).sql
+
+
+_SQL = _Queue
 
 
 class _Result:
@@ -206,8 +242,11 @@ class PostgresStorage:
         on_commit: CommitObserver | None = None,
         pool_size: int = 10,
         timeout: float = 10.0,
+        max_queue: int = 10_000,
     ) -> None:
         self.url = url
+        self._max_queue = max_queue
+        self._storing = 0  # deliveries waiting for a connection or their commit
         self._on_commit = on_commit
         self._pool_size = pool_size
         self._timeout = timeout
@@ -316,17 +355,27 @@ class PostgresStorage:
             failure = StorageUnavailable(f"PostgreSQL unavailable: {exc!r}")
             failure.__cause__ = exc
             return [failure] * len(ops)
-        except Exception as exc:
+        except BaseException as exc:  # a plugin op's own error, SystemExit & co. included
             if len(ops) == 1:
-                return [exc]
+                return [contain(exc)]
         return [self._run_batch([item])[0] for item in batch]
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
+        if self._storing >= self._max_queue:
+            raise StorageBusy(f"{self._storing} deliveries waiting to be stored; retry shortly")
+        self._storing += 1
+        try:
+            return await self._store(delivery)
+        finally:
+            self._storing -= 1
+
+    async def _store(self, delivery: NewDelivery) -> StoreResult:
         started = time.perf_counter()
         headers = orjson.dumps(delivery.headers).decode()
+        lane = delivery.task_id if delivery.task_id is not None else delivery.id
         # One statement, autocommitted: the ack waits for one round trip and one commit.
         async with self._conn() as conn:
-            seq = await conn.fetchval(_INSERT, *insert_params(delivery, headers))
+            seq = await conn.fetchval(_INSERT, *insert_params(delivery, headers), lane)
             if seq is not None:
                 result = StoreResult(
                     delivery.id, duplicate=False, status=delivery.status, error=delivery.error
@@ -377,22 +426,26 @@ class PostgresStorage:
             )
         return {(row[0], row[1]) for row in rows}
 
-    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> bool:
         now = time.time()
+        status = outcome.status.value
         async with self._conn() as conn, conn.transaction():
             await _record_runs(conn, outcome.runs)
-            await conn.execute(
-                """
-                UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
-                       last_error = $4, last_traceback = $5, lease_owner = NULL,
-                       lease_expires_at = NULL,
-                       processed_at = CASE WHEN $1 = 'processed' THEN $6 ELSE processed_at END,
-                       updated_at = $6
-                WHERE id = $7 AND (lease_owner IS NULL OR lease_owner = $8)
-                """,
-                outcome.status.value, outcome.attempts, outcome.next_attempt_at, outcome.error,
-                outcome.traceback, now, outcome.delivery_id, owner,
+            row = await conn.fetchrow(
+                _FINISH, status, outcome.attempts, outcome.next_attempt_at, outcome.error,
+                outcome.traceback, status, now, now, outcome.delivery_id, owner,
             )  # fmt: skip
+            if row is None:
+                return False
+            seq, source, task_id = row
+            # The lane moves on as in `queue.finish_in` (SQLite's, over the same statements).
+            if status in ("received", "failed"):
+                await conn.execute(_SQL.retry_later, outcome.next_attempt_at, seq)
+            else:
+                await conn.execute(_SQL.dequeue, seq)
+                if task_id is not None:
+                    await conn.execute(_SQL.promote, source, task_id)
+        return True
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         async with self._conn() as conn, conn.transaction():
@@ -401,17 +454,42 @@ class PostgresStorage:
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         async with self._conn() as conn:
             await conn.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE lease_owner = $1 AND ($2::text[] IS NULL OR id = ANY($2::text[]))",
+                "UPDATE dispatch_heads SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = $1 AND ($2::text[] IS NULL OR seq IN "
+                "(SELECT seq FROM deliveries WHERE id = ANY($2::text[])))",
                 owner,
                 None if ids is None else list(ids),
             )
 
+    async def heartbeat(
+        self, owner: str, *, host: str, pid: int, now: float, lease_seconds: float
+    ) -> set[int]:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(_SQL.beat, owner, host, pid, now, now)
+            rows = await conn.fetch(_SQL.renew, now + lease_seconds, owner)
+        return {row[0] for row in rows}
+
+    async def owners(self) -> list[Owner]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(_SQL.owners)
+        return [Owner(*row) for row in rows]
+
+    async def release_owners(self, owners: Sequence[str]) -> int:
+        released = 0
+        async with self._conn() as conn, conn.transaction():
+            for owner in owners:
+                status = await conn.execute(_SQL.release, owner)
+                released += int(status.rsplit(" ", 1)[-1])
+                await conn.execute(_SQL.retire, owner)
+        return released
+
+    async def retire(self, owner: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(_SQL.retire, owner)
+
     async def backlog(self) -> int:
         async with self._conn() as conn:
-            count = await conn.fetchval(
-                "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
-            )
+            count = await conn.fetchval(queue.BACKLOG)
         return int(count)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
@@ -458,19 +536,12 @@ class PostgresStorage:
         return [row[0] for row in rows]
 
     async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
-        async with self._conn() as conn:
-            status = await conn.execute(
-                """
-                UPDATE deliveries SET status = 'received', next_attempt_at = $1, attempts = 0,
-                       lease_owner = NULL, lease_expires_at = NULL, events_derived =
-                       CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END,
-                       updated_at = $1
-                WHERE id = $2 AND status IN ('failed', 'dead', 'quarantined')
-                """,
-                now,
-                delivery_id,
-            )
-        if status.endswith(" 1"):
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(_REQUEUE, now, delivery_id)
+            if row is not None:
+                seq, source, lane = row
+                await conn.execute(_SQL.requeue, source, lane, seq, now)
+        if row is not None:
             return True
         return None if await self.get_delivery(delivery_id) is None else False
 

@@ -20,13 +20,13 @@ from receiver.records import (
 COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
     "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
-    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled"
+    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled, operator"
 )
 
 INSERT_COLUMNS = (
     "id, source, kind, received_at, headers, body, content_type, dedup_key, "
     "sender_delivery_id, task_id, key_index, key_fingerprint, status, last_error, "
-    "duplicate_of, replayed, updated_at, reconciled"
+    "duplicate_of, replayed, updated_at, reconciled, next_attempt_at, operator"
 )
 
 
@@ -42,6 +42,9 @@ def insert_params(
         DeliveryStatus.DUPLICATE.value if duplicate_of else d.status.value,
         None if duplicate_of else d.error,
         duplicate_of, int(d.replayed), d.received_at, int(d.reconciled),
+        # Due from its receipt, on the intake's clock: the queue is served in due order, so
+        # retries that came due are not starved by a stream of fresh deliveries.
+        d.received_at, d.operator,
     )  # fmt: skip
 
 
@@ -69,6 +72,7 @@ def row_to_record(row: Sequence[Any]) -> DeliveryRecord:
         events_derived=bool(row[19]),
         processed_at=row[20],
         reconciled=bool(row[21]),
+        operator=row[22],
     )
 
 

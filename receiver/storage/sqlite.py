@@ -23,10 +23,12 @@ from receiver.records import (
     DeliveryStatus,
     HandlerRun,
     NewDelivery,
+    Owner,
     StoredEvent,
     StoreResult,
     new_id,
 )
+from receiver.storage import queue
 from receiver.storage.base import CommitObserver
 from receiver.storage.rows import (
     COLUMNS,
@@ -46,13 +48,12 @@ from receiver.storage.writer import Writer, connect
 
 T = TypeVar("T")
 
+_PLACEHOLDERS = ",".join("?" * (INSERT_COLUMNS.count(",") + 1))
 _INSERT = (
-    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
     "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
 )
-_INSERT_DUPLICATE = (
-    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+_INSERT_DUPLICATE = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 
 _FIND_ORIGINAL = (
     "SELECT id, status, last_error FROM deliveries "
@@ -72,10 +73,15 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
+def store_in(conn: sqlite3.Connection, delivery: NewDelivery) -> StoreResult:
+    """Insert `delivery` (or its duplicate receipt) inside the caller's transaction."""
     headers = orjson.dumps(delivery.headers).decode()
     cur = conn.execute(_INSERT, insert_params(delivery, headers))
     if cur.rowcount == 1:
+        if delivery.status is DeliveryStatus.RECEIVED:
+            lane = delivery.task_id if delivery.task_id is not None else delivery.id
+            assert cur.lastrowid is not None
+            queue.enqueue_in(conn, delivery.source, lane, cur.lastrowid, delivery.received_at)
         return StoreResult(
             delivery.id, duplicate=False, status=delivery.status, error=delivery.error
         )
@@ -88,29 +94,17 @@ def _store(delivery: NewDelivery, conn: sqlite3.Connection) -> StoreResult:
     )
 
 
-_CLAIM = f"""
-    SELECT {COLUMNS} FROM deliveries AS d
-    WHERE d.status IN ('received', 'failed')
-      AND d.next_attempt_at <= :now
-      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= :now)
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries AS e
-          WHERE e.source = d.source AND e.task_id = d.task_id AND e.seq < d.seq
-            AND e.status IN ('received', 'failed'))
-    ORDER BY d.seq
-    LIMIT :limit
-"""
-
-
 def _claim(
     conn: sqlite3.Connection, *, owner: str, limit: int, now: float, lease_seconds: float
 ) -> list[DeliveryRecord]:
-    rows = conn.execute(_CLAIM, {"now": now, "limit": limit}).fetchall()
-    if rows:
-        conn.executemany(
-            "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?",
-            [(owner, now + lease_seconds, row[1]) for row in rows],
-        )
+    seqs = [r[0] for r in conn.execute(queue.CLAIM_CANDIDATES, (now, now, owner, limit))]
+    if not seqs:
+        return []
+    conn.executemany(queue.LEASE, [(owner, now + lease_seconds, seq) for seq in seqs])
+    marks = ",".join("?" * len(seqs))  # a claim's limit is far under SQLite's 999 parameters
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM deliveries WHERE seq IN ({marks}) ORDER BY seq", seqs
+    ).fetchall()
     return [row_to_record(row) for row in rows]
 
 
@@ -118,51 +112,55 @@ def _record_runs(conn: sqlite3.Connection, runs: Sequence[HandlerRun]) -> None:
     conn.executemany(UPSERT_RUNS, run_rows(runs, time.time()))
 
 
-def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> None:
-    now = time.time()
+def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> bool:
     _record_runs(conn, outcome.runs)
-    conn.execute(
-        """
-        UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
-               last_traceback = ?, lease_owner = NULL, lease_expires_at = NULL,
-               processed_at = CASE WHEN ? = 'processed' THEN ? ELSE processed_at END,
-               updated_at = ?
-        WHERE id = ? AND (lease_owner IS NULL OR lease_owner = ?)
-        """,
-        (
-            outcome.status.value,
-            outcome.attempts,
-            outcome.next_attempt_at,
-            outcome.error,
-            outcome.traceback,
-            outcome.status.value,
-            now,
-            now,
-            outcome.delivery_id,
-            owner,
-        ),
+    return queue.finish_in(
+        conn,
+        delivery_id=outcome.delivery_id,
+        owner=owner,
+        status=outcome.status.value,
+        attempts=outcome.attempts,
+        next_attempt_at=outcome.next_attempt_at,
+        error=outcome.error,
+        traceback=outcome.traceback,
+        now=time.time(),
     )
 
 
 def _requeue(delivery_id: str, now: float, conn: sqlite3.Connection) -> bool:
-    cur = conn.execute(
+    rows = conn.execute(
         """
         UPDATE deliveries SET status = 'received', next_attempt_at = ?, attempts = 0,
                lease_owner = NULL, lease_expires_at = NULL, events_derived =
                CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END, updated_at = ?
         WHERE id = ? AND status IN ('failed', 'dead', 'quarantined')
+        RETURNING seq, source, COALESCE(task_id, id)
         """,
         (now, now, delivery_id),
-    )
-    return cur.rowcount == 1
+    ).fetchall()
+    if not rows:
+        return False
+    seq, source, lane = rows[0]
+    queue.requeue_in(conn, seq, source, lane, now)
+    return True
+
+
+def _beat(
+    conn: sqlite3.Connection, beat: tuple[str, str, int, float], lease_until: float
+) -> set[int]:
+    owner, host, pid, now = beat
+    conn.execute(queue.BEAT, (owner, host, pid, now, now))
+    return {r[0] for r in conn.execute(queue.RENEW, (lease_until, owner))}
 
 
 class SQLiteStorage:
     """`Storage` over one SQLite file."""
 
-    def __init__(self, url: str, *, on_commit: CommitObserver | None = None) -> None:
+    def __init__(
+        self, url: str, *, on_commit: CommitObserver | None = None, max_queue: int = 10_000
+    ) -> None:
         self.path = sqlite_path(url)
-        self._writer = Writer(self.path, on_commit=on_commit)
+        self._writer = Writer(self.path, on_commit=on_commit, max_queue=max_queue)
         self._reader: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
@@ -208,9 +206,9 @@ class SQLiteStorage:
         await self._read("SELECT 1")
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
-        # Not isolated: _store only fails as the database fails, which fails the batch anyway.
+        # Not isolated: store_in only fails as the database fails, which fails the batch anyway.
         result: StoreResult = await self._writer.submit(
-            lambda conn: _store(delivery, conn), isolated=False
+            lambda conn: store_in(conn, delivery), isolated=False, bounded=True
         )
         return result
 
@@ -241,28 +239,44 @@ class SQLiteStorage:
         )
         return {(row[0], row[1]) for row in rows}
 
-    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> None:
-        await self._writer.run(lambda conn: _finish(outcome, owner, conn))
+    async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> bool:
+        done: bool = await self._writer.run(lambda conn: _finish(outcome, owner, conn))
+        return done
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         await self._writer.run(lambda conn: _record_runs(conn, runs))
 
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
-        sql = (
-            "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE lease_owner = ?"
-        )
         if ids is None:
-            await self._writer.run(lambda conn: conn.execute(sql, (owner,)))
+            await self._writer.run(lambda conn: conn.execute(queue.RELEASE, (owner,)))
         else:
             await self._writer.run(lambda conn: conn.executemany(
-                f"{sql} AND id = ?", [(owner, i) for i in ids]
+                queue.RELEASE_ONE, [(owner, i) for i in ids]
             ))  # fmt: skip
 
-    async def backlog(self) -> int:
-        rows = await self._read(
-            "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+    async def heartbeat(
+        self, owner: str, *, host: str, pid: int, now: float, lease_seconds: float
+    ) -> set[int]:
+        beat = (owner, host, pid, now)
+        renewed: set[int] = await self._writer.run(
+            lambda conn: _beat(conn, beat, now + lease_seconds)
         )
+        return renewed
+
+    async def owners(self) -> list[Owner]:
+        return [Owner(*row) for row in await self._read(queue.OWNERS)]
+
+    async def release_owners(self, owners: Sequence[str]) -> int:
+        released: int = await self._writer.run(
+            lambda conn: queue.release_owners_in(conn, list(owners))
+        )
+        return released
+
+    async def retire(self, owner: str) -> None:
+        await self._writer.run(lambda conn: conn.execute(queue.RETIRE, (owner,)))
+
+    async def backlog(self) -> int:
+        rows = await self._read(queue.BACKLOG)
         return int(rows[0][0])
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
@@ -336,4 +350,4 @@ class SQLiteStorage:
         ))  # fmt: skip
 
 
-__all__ = ["SQLiteStorage", "new_id", "sqlite_path"]
+__all__ = ["SQLiteStorage", "new_id", "sqlite_path", "store_in"]

@@ -80,6 +80,38 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 3: the dispatch queue as a table of task heads (claims cost O(batch), not O(backlog)),
+    # the dispatching processes' heartbeats (fast takeover), and operator actions as deliveries.
+    """
+    ALTER TABLE deliveries ADD COLUMN operator TEXT;
+    CREATE TABLE dispatch_heads (
+        source           TEXT NOT NULL,
+        lane             TEXT NOT NULL,
+        seq              BIGINT NOT NULL,
+        next_attempt_at  REAL NOT NULL,
+        lease_owner      TEXT,
+        lease_expires_at REAL,
+        PRIMARY KEY (source, lane)
+    );
+    CREATE UNIQUE INDEX dispatch_heads_seq ON dispatch_heads(seq);
+    CREATE INDEX dispatch_heads_due ON dispatch_heads(next_attempt_at, seq);
+    CREATE INDEX dispatch_heads_owner ON dispatch_heads(lease_owner)
+        WHERE lease_owner IS NOT NULL;
+    INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at)
+        SELECT d.source, COALESCE(d.task_id, d.id), d.seq, d.next_attempt_at
+        FROM deliveries AS d
+        WHERE d.status IN ('received', 'failed') AND NOT EXISTS (
+            SELECT 1 FROM deliveries AS e
+            WHERE e.source = d.source AND e.task_id = d.task_id AND e.seq < d.seq
+              AND e.status IN ('received', 'failed'));
+    CREATE TABLE dispatch_owners (
+        owner        TEXT PRIMARY KEY,
+        host         TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        started_at   REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    """,
 )
 
 

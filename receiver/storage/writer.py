@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from receiver.errors import StorageUnavailable
+from receiver.errors import StorageBusy, StorageUnavailable, contain
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -54,11 +54,13 @@ class Writer:
         path: str,
         *,
         max_batch: int = 1024,
+        max_queue: int = 10_000,
         lock_timeout: float = 2.0,
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._path = path
         self._max_batch = max_batch
+        self._max_queue = max_queue
         self.lock_timeout = lock_timeout
         self._on_commit = on_commit
         self._pending: list[_Item] = []
@@ -97,14 +99,21 @@ class Writer:
             self._conn.close()
             self._conn = None
 
-    def submit(self, op: Op, *, isolated: bool = True) -> asyncio.Future[Any]:
+    def submit(
+        self, op: Op, *, isolated: bool = True, bounded: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue `op`; the future resolves after the transaction holding it has committed.
 
         `isolated` ops run in their own SAVEPOINT so their failure cannot sink the batch;
         an op that cannot fail halfway (the intake's insert) may skip it on the hot path.
+        `bounded` ops (new deliveries) are refused with `StorageBusy` while `max_queue` ops
+        wait: a sender is told to come back rather than the queue growing without end. The
+        dispatcher's own ops are bounded by its concurrency and always queue.
         """
         if self._loop is None or self._wake is None or self._stopping:
             raise StorageUnavailable("storage is not open")
+        if bounded and len(self._pending) >= self._max_queue:
+            raise StorageBusy(f"{len(self._pending)} writes queued; retry shortly")
         fut = self._loop.create_future()
         self._pending.append((op, fut, isolated))
         self._wake.set()
@@ -160,11 +169,12 @@ class Writer:
                         result = op(conn)
                     except sqlite3.OperationalError:
                         raise  # the database itself failed (disk full, I/O): fail the batch
-                    except Exception as exc:
-                        # One op's own error (a bug, a constraint) must not sink its neighbours.
+                    except BaseException as exc:
+                        # One op's own error (a bug, a constraint, a plugin's SystemExit)
+                        # must not sink its neighbours, nor end the writer.
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
-                        settled.append((fut, None, exc))
+                        settled.append((fut, None, contain(exc)))
                     else:
                         conn.execute("RELEASE op")
                         settled.append((fut, result, None))

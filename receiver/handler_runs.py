@@ -1,0 +1,192 @@
+"""One handler on one event, isolated: whatever the handler does, the process keeps serving.
+
+- Synchronous handlers run on a bounded thread pool, never on the event loop, so one that
+  blocks (``time.sleep``, a slow client library) cannot stall the intake.
+- Every run has a deadline (the handler's own ``timeout=``, else ``handler_timeout_seconds``).
+  An async run is its own task, so one that swallows its cancellation is abandoned at the
+  deadline rather than awaited; a thread cannot be stopped at all. Either way the run is
+  recorded as failed at its deadline and the dispatcher moves on.
+- Each handler has a number of slots (``concurrency=``, else ``handler_concurrency``). A run
+  holds its slot until it has really ended — an abandoned run keeps it — so a handler that
+  hangs can occupy its own slots and threads, never all dispatch capacity. A run that cannot
+  get a slot within the deadline fails as "busy" and is retried like any failure.
+- Any exception is contained, ``BaseException`` included: ``SystemExit``,
+  ``KeyboardInterrupt``, ``GeneratorExit`` and a ``CancelledError`` the handler raised itself
+  become that run's failure with its traceback. Only the dispatcher's own cancellation (at
+  shutdown) goes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from receiver.config import DispatchSettings
+from receiver.events import Event
+from receiver.metrics import Metrics
+from receiver.records import HandlerRun
+from receiver.registry import ErrorHook, RegisteredHandler
+
+log = structlog.get_logger("taskhook.dispatch")
+
+
+class HandlerBusy(Exception):
+    """Every slot of the handler was taken by runs still going when the deadline came."""
+
+
+class HandlerTimeout(TimeoutError):
+    """The run did not end by its deadline; it was cancelled (or, in a thread, abandoned)."""
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - an instance with an async __call__
+    )
+
+
+def ours_cancelled() -> bool:
+    """Is the running task itself being cancelled (not merely seeing a CancelledError)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class HandlerRunner:
+    def __init__(
+        self,
+        *,
+        settings: DispatchSettings,
+        metrics: Metrics,
+        error_hooks: Callable[[], tuple[ErrorHook, ...]],
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._error_hooks = error_hooks
+        self._threads = ThreadPoolExecutor(
+            settings.sync_threads, thread_name_prefix="taskhook-handler"
+        )
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        #: Runs cut at their deadline that have not ended yet, by handler.
+        self.abandoned: dict[str, int] = {}
+
+    def close(self) -> None:
+        # Threads still running an abandoned handler cannot be stopped; do not wait for them.
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _slot(self, handler: RegisteredHandler) -> asyncio.Semaphore:
+        slot = self._slots.get(handler.name)
+        if slot is None:
+            slot = asyncio.Semaphore(handler.concurrency or self._settings.handler_concurrency)
+            self._slots[handler.name] = slot
+        return slot
+
+    async def run(self, handler: RegisteredHandler, event: Event) -> HandlerRun:
+        timeout = handler.timeout or self._settings.handler_timeout_seconds
+        slot = self._slot(handler)
+        try:
+            async with asyncio.timeout(timeout):
+                await slot.acquire()
+        except TimeoutError:
+            stuck = self.abandoned.get(handler.name, 0)
+            busy = HandlerBusy(
+                f"no free slot within {timeout:g}s ({stuck} earlier runs still going "
+                "past their deadline)"
+            )
+            return await self._failed(handler, event, busy)
+        task = asyncio.create_task(self._invoke(handler, event, slot))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task not in done:
+            task.cancel()
+            self._abandon(handler.name, task)
+            cut = HandlerTimeout(f"timed out after {timeout:g}s")
+            return await self._failed(handler, event, cut)
+        failure = task.result()
+        if failure is not None:
+            return await self._failed(handler, event, failure)
+        self._metrics.handler_runs.labels(handler.name, "ok").inc()
+        return HandlerRun(event.event_id, handler.name, event.delivery_id, ok=True)
+
+    def _abandon(self, name: str, task: asyncio.Task[BaseException | None]) -> None:
+        self.abandoned[name] = self.abandoned.get(name, 0) + 1
+
+        def ended(_: object) -> None:
+            self.abandoned[name] -= 1
+
+        task.add_done_callback(ended)
+
+    async def _invoke(
+        self, handler: RegisteredHandler, event: Event, slot: asyncio.Semaphore
+    ) -> BaseException | None:
+        """Run the handler to its end; the exception it ended with, or None."""
+        in_thread = False
+        try:
+            if is_async(handler.func):
+                result: Any = handler.func(event)
+            else:
+                in_thread = True
+                result = await self._in_thread(handler.func, event, slot)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError as exc:
+            if ours_cancelled():
+                raise  # the deadline or shutdown: not the handler's doing
+            return exc
+        except BaseException as exc:
+            return exc
+        finally:
+            if not in_thread:
+                slot.release()
+        return None
+
+    async def _in_thread(
+        self, func: Callable[[Event], Any], event: Event, slot: asyncio.Semaphore
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the thread logs with the delivery's ids bound
+        future = self._threads.submit(context.run, func, event)
+        # The slot is free once the thread is, however long after the deadline that is.
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(slot.release))
+        return await asyncio.wrap_future(future)
+
+    async def _failed(
+        self, handler: RegisteredHandler, event: Event, exc: BaseException
+    ) -> HandlerRun:
+        self._metrics.handler_runs.labels(handler.name, "failed").inc()
+        error = str(exc) if isinstance(exc, HandlerTimeout | HandlerBusy) else None
+        error = error or f"{type(exc).__name__}: {exc}"
+        log.warning("handler failed", handler=handler.name, error=error)
+        await self._call_error_hooks(event, handler.name, exc)
+        return HandlerRun(
+            event.event_id,
+            handler.name,
+            event.delivery_id,
+            ok=False,
+            error=error,
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    async def _call_error_hooks(self, event: Event, name: str, exc: BaseException) -> None:
+        for hook in self._error_hooks():
+            try:
+                result = hook(event, name, exc)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                if ours_cancelled():
+                    raise
+                log.error("error hook raised CancelledError", hook=repr(hook))
+            except BaseException:
+                log.exception("error hook failed", hook=repr(hook))

@@ -1,0 +1,129 @@
+"""The dispatch queue: one row per task lane that has pending work, naming its head.
+
+A lane is a task of a source (or a lone delivery that names no task). Only its head — the
+earliest pending delivery — may be claimed, which is what keeps one task's deliveries in
+receipt order while different tasks run concurrently. Keeping the heads in their own small
+table, indexed by when they are due, makes a claim cost O(batch): deliveries waiting behind
+a head in backoff are never read by a claim (shared/PERF-NOTES.md, issue of 2026-12-01).
+
+Who may change the table:
+- the intake, when it stores a pending delivery: it becomes its lane's head if the lane has
+  none (`ENQUEUE`);
+- `finish`, when a head ends: a retry keeps the lane with a later due time; a processed,
+  dead or quarantined head hands the lane to the next pending delivery (`PROMOTE`);
+- `requeue`, when an older delivery is pending again: it takes the lane back (`REQUEUE`).
+
+On PostgreSQL, `ENQUEUE`'s conflict arm takes the existing head row's lock (``DO UPDATE ...
+WHERE false`` locks without writing), so a head that is ending concurrently waits for the
+new delivery to commit and then hands the lane to it; without the lock a delivery could
+commit just after the hand-over looked for it, and its lane would have no head.
+
+Statements are in the SQLite dialect; the PostgreSQL backend translates them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENQUEUE = (
+    "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) VALUES (?,?,?,?) "
+    "ON CONFLICT (source, lane) DO UPDATE SET seq = dispatch_heads.seq WHERE 1 = 0"
+)
+PROMOTE = (
+    "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) "
+    "SELECT source, task_id, seq, next_attempt_at FROM deliveries "
+    "WHERE source = ? AND task_id = ? AND status IN ('received', 'failed') "
+    "ORDER BY seq LIMIT 1 "
+    "ON CONFLICT (source, lane) DO NOTHING"
+)
+REQUEUE = (
+    "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) VALUES (?,?,?,?) "
+    "ON CONFLICT (source, lane) DO UPDATE SET seq = excluded.seq, "
+    "next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE dispatch_heads.seq > excluded.seq AND dispatch_heads.lease_owner IS NULL"
+)
+RETRY_LATER = (
+    "UPDATE dispatch_heads SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE seq = ?"
+)
+DEQUEUE = "DELETE FROM dispatch_heads WHERE seq = ?"
+# A finish is recorded unless another owner holds the delivery's lease: after a takeover the
+# new owner's attempt is the one that counts.
+FINISH = """
+    UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
+           last_traceback = ?, lease_owner = NULL, lease_expires_at = NULL,
+           processed_at = CASE WHEN ? = 'processed' THEN ? ELSE processed_at END,
+           updated_at = ?
+    WHERE id = ? AND NOT EXISTS (
+        SELECT 1 FROM dispatch_heads AS h
+        WHERE h.seq = deliveries.seq AND h.lease_owner IS NOT NULL AND h.lease_owner != ?)
+    RETURNING seq, source, task_id
+"""
+CLAIM_CANDIDATES = """
+    SELECT h.seq FROM dispatch_heads AS h
+    WHERE h.next_attempt_at <= ?
+      AND (h.lease_owner IS NULL OR (h.lease_expires_at <= ? AND h.lease_owner != ?))
+    ORDER BY h.next_attempt_at, h.seq
+    LIMIT ?
+"""
+LEASE = "UPDATE dispatch_heads SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?"
+RENEW = "UPDATE dispatch_heads SET lease_expires_at = ? WHERE lease_owner = ? RETURNING seq"
+RELEASE = (
+    "UPDATE dispatch_heads SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?"
+)
+RELEASE_ONE = f"{RELEASE} AND seq = (SELECT seq FROM deliveries WHERE id = ?)"
+BEAT = (
+    "INSERT INTO dispatch_owners (owner, host, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+)
+OWNERS = "SELECT owner, host, pid, heartbeat_at FROM dispatch_owners ORDER BY owner"
+RETIRE = "DELETE FROM dispatch_owners WHERE owner = ?"
+BACKLOG = "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
+
+
+def enqueue_in(conn: Any, source: str, lane: str, seq: int, due: float) -> None:
+    """Make a newly stored pending delivery its lane's head, unless the lane has one."""
+    conn.execute(ENQUEUE, (source, lane, seq, due))
+
+
+def finish_in(
+    conn: Any,
+    *,
+    delivery_id: str,
+    owner: str,
+    status: str,
+    attempts: int,
+    next_attempt_at: float,
+    error: str | None,
+    traceback: str | None,
+    now: float,
+) -> bool:
+    """Record how an attempt ended and move the lane on; False when another owner's lease
+    stands (its attempt counts, not this one)."""
+    rows = conn.execute(FINISH, (
+        status, attempts, next_attempt_at, error, traceback, status, now, now, delivery_id,
+        owner,
+    )).fetchall()  # fmt: skip
+    if not rows:
+        return False
+    seq, source, task_id = rows[0]
+    if status in ("received", "failed"):
+        conn.execute(RETRY_LATER, (next_attempt_at, seq))
+    else:
+        conn.execute(DEQUEUE, (seq,))
+        if task_id is not None:
+            conn.execute(PROMOTE, (source, task_id))
+    return True
+
+
+def requeue_in(conn: Any, seq: int, source: str, lane: str, now: float) -> None:
+    conn.execute(REQUEUE, (source, lane, seq, now))
+
+
+def release_owners_in(conn: Any, owners: list[str]) -> int:
+    """Free every lease of `owners` (processes that stopped beating) and forget them."""
+    released = 0
+    for owner in owners:
+        released += max(0, conn.execute(RELEASE, (owner,)).rowcount)
+        conn.execute(RETIRE, (owner,))
+    return released
