@@ -42,6 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log.level,
         timeout_graceful_shutdown=args.graceful_timeout,
         timeout_keep_alive=5,
+        # Past this many connections and requests at once, uvicorn answers 503 at once
+        # instead of queueing without end.
+        limit_concurrency=settings.http.max_concurrency,
     )
     uvicorn.Server(config).run()
     return 0

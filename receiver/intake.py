@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import verify
 from receiver.bodies import media_type, readable
 from receiver.config import SourceSettings
-from receiver.errors import PayloadError, StorageUnavailable, VerificationError
+from receiver.errors import PayloadError, StorageBusy, StorageUnavailable, VerificationError
 from receiver.metrics import Metrics
 from receiver.records import DeliveryStatus, NewDelivery, StoreResult, new_id
 from receiver.sources import SourceAdapter
@@ -77,6 +77,11 @@ class SourceRuntime:
             tolerance_seconds=self.settings.tolerance_seconds,
             check_timestamp=not recorded,
         )
+
+
+_BUSY = orjson.dumps(
+    {"error": "receiver busy: too many deliveries waiting to be stored, retry shortly"}
+)
 
 
 class BodyTooLarge(Exception):
@@ -156,6 +161,7 @@ class Intake:
                 "quarantined",
                 "rejected",
                 "unavailable",
+                "busy",
                 "too_large",
                 "unsupported",
                 "timeout",
@@ -195,7 +201,10 @@ class Intake:
         except ClientGone:
             log.info("client disconnected before sending its whole body; nothing stored")
             return
-        extra = ((b"retry-after", b"5"),) if status == 503 else ()
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if status == 503:
+            # A full queue clears in moments; a database that is down takes longer.
+            extra = ((b"retry-after", b"1" if body is _BUSY else b"5"),)
         if status == 408:
             extra = ((b"connection", b"close"),)
         await send_json(send, status, body, extra)
@@ -305,6 +314,11 @@ class Intake:
         )
         try:
             result = await self._storage.store_delivery(delivery)
+        except StorageBusy as exc:
+            # Backpressure: nothing was acked that is not committed; come back in a second.
+            self._counters[source.name, "busy"].inc()
+            log.warning("write queue full; answered 503", error=str(exc))
+            return 503, _BUSY
         except StorageUnavailable as exc:
             self._counters[source.name, "unavailable"].inc()
             log.error("storage unavailable; answered 503", error=str(exc))
