@@ -57,6 +57,7 @@ def delivery_summary(d: DeliveryRecord) -> dict[str, Any]:
         else {"key_index": d.key_index, "key_fingerprint": d.key_fingerprint},
         "replayed": d.replayed,
         "reconciled": d.reconciled,
+        "operator": d.operator,
         "processed_at": iso(d.processed_at),
     }
 

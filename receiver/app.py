@@ -59,7 +59,7 @@ class TaskhookApp:
         )
         declared = {name for src in settings.sources.values() for name in src.events}
         self.registry = HandlerRegistry(
-            EVENT_NAMES | declared, storage=self.storage, keys=self.keys
+            EVENT_NAMES | declared, storage=self.storage, keys=self.keys, clock=clock
         )
         self.plugins = load_plugins(
             self.registry, specs=settings.handlers, use_entry_points=settings.entry_points
@@ -78,6 +78,7 @@ class TaskhookApp:
             metrics=self.metrics,
             clock=clock,
         )
+        self.registry.set_waker(self.dispatcher.notify)
         self.intake = Intake(
             sources=self.sources,
             storage=self.storage,

@@ -108,7 +108,11 @@ async def _retry(storage: Storage, args: argparse.Namespace) -> int:
 
 def replay_line(d: DeliveryRecord) -> bytes:
     """One line of the replay format (shared/CONTRACT.md, "Recorded deliveries")."""
-    line = {"source": d.source, "received_at": iso(d.received_at), "headers": d.headers}
+    line: dict[str, Any] = {
+        "source": d.source, "received_at": iso(d.received_at), "headers": d.headers,
+    }  # fmt: skip
+    if d.operator is not None:
+        line["operator"] = d.operator  # an operator's action, replayed locally as one
     return orjson.dumps(line | body_fields(d.body))
 
 

@@ -25,6 +25,7 @@ import structlog
 from starlette.types import Receive, Scope, Send
 
 from receiver import verify
+from receiver.actions import parse_action
 from receiver.bodies import media_type, readable
 from receiver.config import SourceSettings
 from receiver.errors import PayloadError, StorageBusy, StorageUnavailable, VerificationError
@@ -245,6 +246,7 @@ class Intake:
         received_at: float | None = None,
         replayed: bool = False,
         reconciled: bool = False,
+        operator: str | None = None,
     ) -> tuple[int, bytes]:
         """Verify, parse and durably store one read delivery; the HTTP answer it gets.
 
@@ -256,10 +258,13 @@ class Intake:
         Reconciliation pollers come through here with `reconciled` set: the body was
         synthesized here from the vendor's API over an authenticated connection, so there
         is no signature to check; everything after verification is the same.
+
+        A local replay of an exported operator action comes with `operator` (the key name
+        that made it): it is stored as that action again, for its source's ledger to apply.
         """
         now = self._clock()
         try:
-            if reconciled:
+            if reconciled or operator is not None:
                 verified = verify.Verified(key_index=-1, key_fingerprint="")
             else:
                 verified = source.check(body, headers, now, recorded=replayed)
@@ -282,7 +287,10 @@ class Intake:
                     f"content type {media_type(content_type)!r} is not supported: "
                     "send application/json (or JSON as text/plain)"
                 )
-            task_id = source.adapter.parse(body, content_type).task_id
+            if operator is not None:
+                task_id = parse_action(body).task_id
+            else:
+                task_id = source.adapter.parse(body, content_type).task_id
         except PayloadError as exc:
             status, reason, fields = DeliveryStatus.QUARANTINED, exc.reason, exc.fields
 
@@ -311,6 +319,7 @@ class Intake:
             error=reason,
             replayed=replayed,
             reconciled=reconciled,
+            operator=operator,
         )
         try:
             result = await self._storage.store_delivery(delivery)

@@ -8,6 +8,7 @@ are rejected here, when the mistake is made, not when an event arrives.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ class HandlerRegistry:
         *,
         storage: Any = None,
         keys: Any = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._known = frozenset(known_events)
         self._handlers: list[RegisteredHandler] = []
@@ -81,6 +83,18 @@ class HandlerRegistry:
         #: routes (the built-in ledger does both). None when the registry stands alone.
         self.storage = storage
         self.keys = keys
+        #: The app's clock: what a plugin stores (an operator action) is timed by it.
+        self.clock = clock
+        self._waker: Callable[[], None] = lambda: None
+
+    def set_waker(self, wake: Callable[[], None]) -> None:
+        """The app's dispatcher wake-up (the app sets it; plugins call `wake`)."""
+        self._waker = wake
+
+    def wake(self) -> None:
+        """A plugin stored deliveries in its own transaction: dispatch them now, not at the
+        next poll."""
+        self._waker()
 
     def interpret(self, kind: str, interpreter: Interpreter) -> Interpreter:
         """Derive the events of `kind` deliveries with `interpreter` instead of the source's

@@ -37,6 +37,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     received_at: float | None = None
+    operator: str | None = None  # an exported operator action: the key name that made it
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,11 @@ def _line(origin: str, raw: bytes, default_source: str | None) -> Recorded | Unr
         )
     except (ValueError, KeyError, TypeError) as exc:
         return Unreadable(origin, f"unreadable recording line: {exc}")
-    return Recorded(origin, doc.get("source") or default_source, headers, body, at)
+    operator = doc.get("operator")
+    return Recorded(
+        origin, doc.get("source") or default_source, headers, body, at,
+        str(operator) if operator else None,
+    )  # fmt: skip
 
 
 def read_recordings(paths: Sequence[str], *, source: str | None) -> Iterator[Recorded | Unreadable]:
@@ -159,6 +164,8 @@ async def replay_local(
         source = app.sources.get(record.source or "")
         if source is None:
             summary.rejected[f"unknown source {record.source!r}"] += 1
+        elif dry_run and record.operator is not None:
+            summary.accepted += 1
         elif dry_run:
             try:
                 source.check(record.body, record.headers, app.clock(), recorded=True)
@@ -169,7 +176,7 @@ async def replay_local(
         else:
             pending.append(asyncio.ensure_future(app.intake.accept(
                 source, record.body, record.headers, received_at=record.received_at,
-                replayed=True,
+                replayed=True, operator=record.operator,
             )))  # fmt: skip
             if len(pending) >= window:
                 await settle()
@@ -202,6 +209,9 @@ async def replay_remote(
                     await asyncio.sleep(ahead)
             if isinstance(record, Unreadable):
                 summary.rejected[record.reason] += 1
+            elif record.operator is not None:
+                # No receiver accepts an operator's action as a callback, by design.
+                summary.rejected["operator actions are replayed locally only (without --to)"] += 1
             elif (cfg := settings.sources.get(record.source or "")) is None:
                 summary.rejected[f"unknown source {record.source!r}"] += 1
             else:

@@ -68,10 +68,15 @@ def register(registry: HandlerRegistry) -> None:
     async def operator(
         task_id: str, action: str, reason: str | None, who: str
     ) -> tuple[int, dict[str, Any]]:
-        result: tuple[int, dict[str, Any]] = await storage.transact(
-            lambda conn: act(conn, task_id, action, reason, who)
+        # Stored as a delivery and applied in one transaction: the answer and the change
+        # commit together; the dispatcher then gives its events to handlers.
+        now = registry.clock()
+        status, answer, stored = await storage.transact(
+            lambda conn: act(conn, task_id, action, reason, who, now=now)
         )
-        return result
+        if stored:
+            registry.wake()
+        return status, answer
 
     registry.interpret("document-review", interpret_review)
     registry.add_routes(build_review_routes(operator, registry.keys))
