@@ -313,7 +313,8 @@ def settings_from_mapping(
         settings = Settings.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(first["msg"], where=where, key=_loc(first["loc"])) from None
+        message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix
+        raise ConfigError(message, where=where, key=_loc(first["loc"])) from None
     for name in settings.sources:
         if not name or "/" in name or name != name.strip():
             raise ConfigError("source names must be URL path segments", where=where, key=name)

@@ -211,6 +211,18 @@ class Dispatcher:
         With `wait_for_retries`, deliveries waiting out a backoff are waited for too, so the
         call returns only when every delivery is processed, dead or quarantined.
         """
+        beating = self._beat_task is None  # not started (a CLI command): beat meanwhile
+        if beating:
+            self._beat_task = asyncio.create_task(self._beat(), name="taskhook-heartbeat")
+        try:
+            await self._drain(within, wait_for_retries)
+        finally:
+            if beating and self._beat_task is not None:
+                self._beat_task.cancel()
+                await asyncio.gather(self._beat_task, return_exceptions=True)
+                self._beat_task = None
+
+    async def _drain(self, within: float, wait_for_retries: bool) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             started = await self.claim_and_start()
@@ -270,15 +282,22 @@ class Dispatcher:
         # No handler for any of them (a ledger-only setup): no need to ask what already ran.
         done = await self._storage.succeeded_runs(wanted) if wanted else set()
         runs: list[HandlerRun] = []
-        for event in events:
-            with structlog.contextvars.bound_contextvars(
-                event_name=event.name, event_id=event.event_id
-            ):
-                for handler in self._registry.handlers_for(event.name):
-                    if (event.event_id, handler.name) in done:
-                        continue
-                    self._check_claim(delivery)
-                    runs.append(await self.run_handler(handler, event))
+        try:
+            for event in events:
+                with structlog.contextvars.bound_contextvars(
+                    event_name=event.name, event_id=event.event_id
+                ):
+                    for handler in self._registry.handlers_for(event.name):
+                        if (event.event_id, handler.name) in done:
+                            continue
+                        self._check_claim(delivery)
+                        runs.append(await self.run_handler(handler, event))
+        except (ClaimLost, asyncio.CancelledError):
+            # The attempt ends here (taken over, or shutdown past its grace), but what ran,
+            # ran: recorded, so whoever attempts the delivery next does not run it again.
+            with contextlib.suppress(StorageUnavailable):
+                await self._storage.record_runs(runs)
+            raise
         failures = [r for r in runs if not r.ok]
         if not failures:
             outcome = DeliveryOutcome(

@@ -71,16 +71,16 @@ class HandlerRunner:
         self._settings = settings
         self._metrics = metrics
         self._error_hooks = error_hooks
-        self._threads = ThreadPoolExecutor(
-            settings.sync_threads, thread_name_prefix="taskhook-handler"
-        )
+        self._threads: ThreadPoolExecutor | None = None  # made at the first sync run
         self._slots: dict[str, asyncio.Semaphore] = {}
         #: Runs cut at their deadline that have not ended yet, by handler.
         self.abandoned: dict[str, int] = {}
 
     def close(self) -> None:
         # Threads still running an abandoned handler cannot be stopped; do not wait for them.
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
     def _slot(self, handler: RegisteredHandler) -> asyncio.Semaphore:
         slot = self._slots.get(handler.name)
@@ -155,6 +155,10 @@ class HandlerRunner:
         self, func: Callable[[Event], Any], event: Event, slot: asyncio.Semaphore
     ) -> Any:
         loop = asyncio.get_running_loop()
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                self._settings.sync_threads, thread_name_prefix="taskhook-handler"
+            )
         context = contextvars.copy_context()  # the thread logs with the delivery's ids bound
         future = self._threads.submit(context.run, func, event)
         # The slot is free once the thread is, however long after the deadline that is.
