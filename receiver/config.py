@@ -203,9 +203,11 @@ class DispatchSettings(_Strict):
     # runs out for a process that stopped beating.
     lease_seconds: float = Field(default=60.0, gt=0)
     # How often a process says it is alive (and renews its leases), and how long another
-    # process waits after the last word before it takes the silent one's claims over.
+    # process waits after the last word before it takes the silent one's claims over: the
+    # others beat every `heartbeat_seconds` too, so claims move at most 8 + 2 = 10 s after
+    # the last beat.
     heartbeat_seconds: float = Field(default=2.0, gt=0)
-    takeover_seconds: float = Field(default=10.0, gt=0)
+    takeover_seconds: float = Field(default=8.0, gt=0)
     # One handler run's limit, and how many runs of one handler may be going at once (a
     # handler's own `timeout=` / `concurrency=` wins); threads for synchronous handlers.
     handler_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -60,6 +60,29 @@ def ours_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class _Run:
+    """One run's hold on its handler's slot: its coroutine, and its thread if it has one.
+    The run has ended, and its slot is free, only when every part has."""
+
+    def __init__(self, slot: asyncio.Semaphore) -> None:
+        self.slot = slot
+        self.parts = 1
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        if self.parts == 0:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def part_ended(self) -> None:
+        self.parts -= 1
+        if self.parts == 0:
+            self.slot.release()
+            for callback in self._callbacks:
+                callback()
+
+
 class HandlerRunner:
     def __init__(
         self,
@@ -102,7 +125,8 @@ class HandlerRunner:
                 "past their deadline)"
             )
             return await self._failed(handler, event, busy)
-        task = asyncio.create_task(self._invoke(handler, event, slot))
+        run = _Run(slot)
+        task = asyncio.create_task(self._invoke(handler, event, run))
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
         except asyncio.CancelledError:
@@ -110,7 +134,7 @@ class HandlerRunner:
             raise
         if task not in done:
             task.cancel()
-            self._abandon(handler.name, task)
+            self._abandon(handler.name, run)
             cut = HandlerTimeout(f"timed out after {timeout:g}s")
             return await self._failed(handler, event, cut)
         failure = task.result()
@@ -119,25 +143,23 @@ class HandlerRunner:
         self._metrics.handler_runs.labels(handler.name, "ok").inc()
         return HandlerRun(event.event_id, handler.name, event.delivery_id, ok=True)
 
-    def _abandon(self, name: str, task: asyncio.Task[BaseException | None]) -> None:
+    def _abandon(self, name: str, run: _Run) -> None:
         self.abandoned[name] = self.abandoned.get(name, 0) + 1
 
-        def ended(_: object) -> None:
+        def ended() -> None:
             self.abandoned[name] -= 1
 
-        task.add_done_callback(ended)
+        run.on_end(ended)
 
     async def _invoke(
-        self, handler: RegisteredHandler, event: Event, slot: asyncio.Semaphore
+        self, handler: RegisteredHandler, event: Event, run: _Run
     ) -> BaseException | None:
         """Run the handler to its end; the exception it ended with, or None."""
-        in_thread = False
         try:
             if is_async(handler.func):
                 result: Any = handler.func(event)
             else:
-                in_thread = True
-                result = await self._in_thread(handler.func, event, slot)
+                result = await self._in_thread(handler.func, event, run)
             if inspect.isawaitable(result):
                 await result
         except asyncio.CancelledError as exc:
@@ -147,13 +169,10 @@ class HandlerRunner:
         except BaseException as exc:
             return exc
         finally:
-            if not in_thread:
-                slot.release()
+            run.part_ended()
         return None
 
-    async def _in_thread(
-        self, func: Callable[[Event], Any], event: Event, slot: asyncio.Semaphore
-    ) -> Any:
+    async def _in_thread(self, func: Callable[[Event], Any], event: Event, run: _Run) -> Any:
         loop = asyncio.get_running_loop()
         if self._threads is None:
             self._threads = ThreadPoolExecutor(
@@ -161,8 +180,9 @@ class HandlerRunner:
             )
         context = contextvars.copy_context()  # the thread logs with the delivery's ids bound
         future = self._threads.submit(context.run, func, event)
-        # The slot is free once the thread is, however long after the deadline that is.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(slot.release))
+        # The run has not ended while its thread runs, however long after the deadline.
+        run.parts += 1
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(run.part_ended))
         return await asyncio.wrap_future(future)
 
     async def _failed(

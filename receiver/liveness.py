@@ -66,10 +66,13 @@ class Liveness:
         return time.monotonic() - self._last_ok < margin
 
     def due(self) -> bool:
-        return (
-            self._last_ok is None
-            or time.monotonic() - self._last_ok >= self._settings.heartbeat_seconds
-        )
+        return self.until_due() <= 0
+
+    def until_due(self) -> float:
+        """Seconds until the next beat is due (0 or less: now)."""
+        if self._last_ok is None:
+            return 0.0
+        return self._settings.heartbeat_seconds - (time.monotonic() - self._last_ok)
 
     async def ensure(self) -> set[int] | None:
         """Beat (and take dead owners' claims over) if a beat is due; the seqs this process
