@@ -145,8 +145,12 @@ async def replay_local(
     """Feed `records` through the intake, then let the dispatcher finish them.
 
     Up to `window` deliveries are in flight at once so they share group commits; each is
-    verified and parsed synchronously up to its store, so receipt order is file order.
+    verified and parsed synchronously up to its store, so receipt order is file order. Where
+    concurrent stores may commit out of order (PostgreSQL), one is stored at a time: a
+    task's deliveries must keep their order.
     """
+    if not app.storage.ordered_stores:
+        window = 1
     summary = Summary()
     progress = Progress()
     pending: list[asyncio.Task[tuple[int, bytes]]] = []

@@ -176,10 +176,14 @@ def act(
 ) -> tuple[int, dict[str, Any], bool]:
     """An operator's action on a document-review task: (HTTP status, answer, stored).
 
-    A request that names no known task, or a report without a reason, is refused as it
-    stands; anything else is stored as a delivery and applied in this one transaction,
-    after whatever the task's callbacks said before it (receipt order).
+    What the task's callbacks said before the action is applied first (receipt order, as a
+    rebuild will apply it). Then a request that names no known task, or a report without a
+    reason, is refused as it stands; anything else is stored as a delivery and applied in
+    this one transaction.
     """
+    for earlier in unapplied_in(conn, "document-review", task_id):
+        with contextlib.suppress(PayloadError):  # unreadable: the dispatcher quarantines it
+            apply_review_delivery(conn, earlier)
     found = conn.execute(
         "SELECT source, task FROM ledger_tasks WHERE task_id = ?", (task_id,)
     ).fetchone()
@@ -188,9 +192,6 @@ def act(
     if action == "report" and not reason:
         return 400, {"error": "a report needs a reason", "task_id": task_id}, False
     source = str(found[0])
-    for earlier in unapplied_in(conn, source, task_id):
-        with contextlib.suppress(PayloadError):  # unreadable: the dispatcher quarantines it
-            apply_review_delivery(conn, earlier)
     stored = store_in(conn, action_delivery(
         source=source, kind="document-review", task_id=task_id, action=action, actor=actor,
         reason=reason, now=now,

@@ -26,6 +26,10 @@ CommitObserver = Callable[[int, float], None]
 
 
 class Storage(Protocol):
+    #: Do concurrent `store_delivery` calls commit in the order they were made? (SQLite's one
+    #: writer: yes; PostgreSQL's pool: no.) A replay keeps file order only where they do.
+    ordered_stores: bool
+
     async def open(self) -> None:
         """Connect and apply schema migrations."""
 

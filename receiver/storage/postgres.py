@@ -235,6 +235,8 @@ class BridgeConnection:
 class PostgresStorage:
     """`Storage` over a PostgreSQL database (``postgresql://user@host:port/db``)."""
 
+    ordered_stores = False  # pooled connections commit in whatever order they finish
+
     def __init__(
         self,
         url: str,
@@ -439,7 +441,7 @@ class PostgresStorage:
                 return False
             seq, source, task_id = row
             # The lane moves on as in `queue.finish_in` (SQLite's, over the same statements).
-            if status in ("received", "failed"):
+            if task_id is None and status in ("received", "failed"):
                 await conn.execute(_SQL.retry_later, outcome.next_attempt_at, seq)
             else:
                 await conn.execute(_SQL.dequeue, seq)

@@ -9,8 +9,8 @@ a head in backoff are never read by a claim (shared/PERF-NOTES.md, issue of 2026
 Who may change the table:
 - the intake, when it stores a pending delivery: it becomes its lane's head if the lane has
   none (`ENQUEUE`);
-- `finish`, when a head ends: a retry keeps the lane with a later due time; a processed,
-  dead or quarantined head hands the lane to the next pending delivery (`PROMOTE`);
+- `finish`, when an attempt at a head ends: the lane goes to its earliest pending delivery
+  (`PROMOTE`), which is the same one, due later, when it is to be retried;
 - `requeue`, when an older delivery is pending again: it takes the lane back (`REQUEUE`).
 
 On PostgreSQL, `ENQUEUE`'s conflict arm takes the existing head row's lock (``DO UPDATE ...
@@ -36,27 +36,30 @@ PROMOTE = (
     "ORDER BY seq LIMIT 1 "
     "ON CONFLICT (source, lane) DO NOTHING"
 )
+# An older delivery takes its lane back from a head that is not in flight; a head that is
+# requeued itself (a failed delivery retried now) is due now.
 REQUEUE = (
     "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) VALUES (?,?,?,?) "
     "ON CONFLICT (source, lane) DO UPDATE SET seq = excluded.seq, "
     "next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, lease_expires_at = NULL "
-    "WHERE dispatch_heads.seq > excluded.seq AND dispatch_heads.lease_owner IS NULL"
+    "WHERE (dispatch_heads.seq > excluded.seq AND dispatch_heads.lease_owner IS NULL) "
+    "OR dispatch_heads.seq = excluded.seq"
 )
 RETRY_LATER = (
     "UPDATE dispatch_heads SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL "
     "WHERE seq = ?"
 )
 DEQUEUE = "DELETE FROM dispatch_heads WHERE seq = ?"
-# A finish is recorded unless another owner holds the delivery's lease: after a takeover the
-# new owner's attempt is the one that counts.
+# A finish counts only while its owner still holds the lease: after a takeover (or after the
+# taker has finished) a stalled owner's late word changes nothing.
 FINISH = """
     UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
            last_traceback = ?, lease_owner = NULL, lease_expires_at = NULL,
            processed_at = CASE WHEN ? = 'processed' THEN ? ELSE processed_at END,
            updated_at = ?
-    WHERE id = ? AND NOT EXISTS (
+    WHERE id = ? AND EXISTS (
         SELECT 1 FROM dispatch_heads AS h
-        WHERE h.seq = deliveries.seq AND h.lease_owner IS NOT NULL AND h.lease_owner != ?)
+        WHERE h.seq = deliveries.seq AND h.lease_owner = ?)
     RETURNING seq, source, task_id
 """
 CLAIM_CANDIDATES = """
@@ -107,12 +110,16 @@ def finish_in(
     if not rows:
         return False
     seq, source, task_id = rows[0]
-    if status in ("received", "failed"):
-        conn.execute(RETRY_LATER, (next_attempt_at, seq))
+    if task_id is None:  # a lane of its own
+        if status in ("received", "failed"):
+            conn.execute(RETRY_LATER, (next_attempt_at, seq))
+        else:
+            conn.execute(DEQUEUE, (seq,))
     else:
+        # The lane goes to its earliest pending delivery: this one again when it is to be
+        # retried, unless an older one was requeued meanwhile.
         conn.execute(DEQUEUE, (seq,))
-        if task_id is not None:
-            conn.execute(PROMOTE, (source, task_id))
+        conn.execute(PROMOTE, (source, task_id))
     return True
 
 

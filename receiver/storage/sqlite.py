@@ -156,6 +156,8 @@ def _beat(
 class SQLiteStorage:
     """`Storage` over one SQLite file."""
 
+    ordered_stores = True  # one writer, its queue in submission order
+
     def __init__(
         self, url: str, *, on_commit: CommitObserver | None = None, max_queue: int = 10_000
     ) -> None:

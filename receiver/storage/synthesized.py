@@ -18,7 +18,7 @@ _MARKS = ",".join("?" * (INSERT_COLUMNS.count(",") + 1))
 _INSERT = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_MARKS}) RETURNING {COLUMNS}"
 _UNAPPLIED = f"""
     SELECT {COLUMNS} FROM deliveries
-    WHERE source = ? AND task_id = ? AND status IN ('received', 'failed') AND events_derived = 0
+    WHERE task_id = ? AND kind = ? AND status IN ('received', 'failed') AND events_derived = 0
     ORDER BY seq
 """
 
@@ -32,8 +32,9 @@ def store_in(conn: Any, delivery: NewDelivery) -> DeliveryRecord:
     return record
 
 
-def unapplied_in(conn: Any, source: str, task_id: str) -> list[DeliveryRecord]:
-    """The task's pending deliveries not yet interpreted, oldest first. An action made now
-    is applied after them, as in receipt order (and so as a rebuild will apply it)."""
-    rows = conn.execute(_UNAPPLIED, (source, task_id)).fetchall()
+def unapplied_in(conn: Any, kind: str, task_id: str) -> list[DeliveryRecord]:
+    """The pending deliveries of `kind` about `task_id` not yet interpreted, oldest first.
+    An action made now is applied after them, as in receipt order (and so as a rebuild will
+    apply it)."""
+    rows = conn.execute(_UNAPPLIED, (task_id, kind)).fetchall()
     return [row_to_record(row) for row in rows]
