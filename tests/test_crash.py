@@ -38,6 +38,18 @@ def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise AssertionError(log.read_text())
 
 
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then kill: the exit status (negative: the signal)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param

@@ -41,7 +41,7 @@ from receiver.registry import HandlerRegistry
 from tests.conftest import BACKENDS, AppFactory, client_for, sample_json, signed
 from tests.pg import fetch
 from tests.test_cli import free_port
-from tests.test_crash import start
+from tests.test_crash import start, stop
 
 
 @pytest.fixture(params=BACKENDS)
@@ -230,18 +230,6 @@ def register(registry):
 SERVE_ATTEMPTS = 3
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM, then kill: the exit status (negative: the signal)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    return proc.returncode
-
-
 def _wait_all_dead(db: str, ids: list[str], proc: subprocess.Popen[bytes], within: float) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -299,7 +287,7 @@ def test_a_served_process_survives_handlers_that_raise_exit(
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         alive = proc.poll() is None
     finally:
-        first_exit = _stop(proc)
+        first_exit = stop(proc)
     assert alive
     # Stopped by the test's SIGTERM, cleanly: not by the handlers' exit.
     assert first_exit in (0, -signal.SIGTERM), log.read_text()
@@ -339,7 +327,7 @@ def test_a_served_process_survives_handlers_that_raise_exit(
             assert restarted.poll() is None
             time.sleep(0.1)
     finally:
-        second_exit = _stop(restarted)
+        second_exit = stop(restarted)
     assert samples == [200] * 5
     assert second_exit in (0, -signal.SIGTERM), log.read_text()
     final = fetch(db, "SELECT id, status, attempts FROM deliveries")

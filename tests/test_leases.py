@@ -41,6 +41,7 @@ from receiver.storage import Storage
 from tests.conftest import BACKENDS, AppFactory, client_for, make_settings, signed
 from tests.pg import fetch, wait_until_processed
 from tests.test_cli import clean_env, free_port
+from tests.test_crash import stop
 from tests.test_dispatch import snapshot
 
 # For every event: sleep, then record the event id. A run killed mid-way writes nothing, so
@@ -210,16 +211,6 @@ def serve(config: Path, port: int, log: Path, env: dict[str, str]) -> subprocess
             time.sleep(0.05)
     stop(proc)
     raise AssertionError(log.read_text())
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def kill_9(proc: subprocess.Popen[bytes]) -> None:
