@@ -229,11 +229,41 @@ class DispatchSettings(_Strict):
 
 
 class HttpSettings(_Strict):
+    """Limits of the public front door, enforced before any work is spent on a request."""
+
     # A sender that has not delivered its whole body this long after the request began gets
     # 408 and its connection closed: slow or stalled clients cannot hold workers forever.
     body_timeout_seconds: float = Field(default=30.0, gt=0)
-    # Connections and requests served at once; past it the server answers 503 at once.
+    # The request line and headers must arrive complete within this (a trickle of bytes
+    # does not extend it); otherwise the connection is closed.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An idle kept-alive connection is closed after this.
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    # Request line plus headers, in bytes, and the number of headers: 431 above either.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    # Open connections: past it, only /healthz and /readyz are served; others get 503.
+    max_connections: int = Field(default=1000, ge=1)
+    # Requests in flight: past it, 503 with Retry-After (health checks excepted).
     max_concurrency: int = Field(default=1000, ge=1)
+    # Bytes of bodies held for requests not yet verified, all requests together: past it,
+    # 503 with Retry-After, so wrong-token uploads cannot grow memory without bound.
+    max_unverified_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
+class RetentionSettings(_Strict):
+    """What is kept, how long (``taskhook prune`` and the pruner inside ``serve``)."""
+
+    enabled: bool = True  # prune inside `taskhook serve` every `interval_seconds`
+    interval_seconds: float = Field(default=3600.0, gt=0)
+    # Raw bodies and headers of processed deliveries (the row, its status and events stay).
+    processed_days: float = Field(default=30.0, gt=0)
+    # Duplicate receipt records (their count stays on the original).
+    duplicate_days: float = Field(default=7.0, gt=0)
+    # Raw bodies of dead and quarantined deliveries: kept longer, to be retried or read.
+    dead_days: float = Field(default=90.0, gt=0)
+    # Duplicate receipts kept as rows per original; later ones are only counted on it.
+    max_duplicate_rows: int = Field(default=10, ge=0)
 
 
 class LogSettings(_Strict):
@@ -250,6 +280,7 @@ class Settings(_Strict):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     insecure_dev: bool = False
 
 
