@@ -24,11 +24,13 @@ from receiver.auth import KeyRing
 from receiver.config import Settings
 from receiver.dispatch import Dispatcher
 from receiver.events import EVENT_NAMES
-from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake, SourceRuntime
+from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake
 from receiver.metrics import Metrics
 from receiver.plugins import load_plugins
 from receiver.reconcile import Reconciler, poller_for
+from receiver.redaction import Redactor
 from receiver.registry import HandlerRegistry
+from receiver.source_runtime import SourceRuntime
 from receiver.sources import adapter_for
 from receiver.storage import Storage, open_storage
 
@@ -86,6 +88,8 @@ class TaskhookApp:
             on_stored=self.dispatcher.notify,
             clock=clock,
             body_timeout=settings.http.body_timeout_seconds,
+            unverified_bytes=settings.http.max_unverified_body_bytes,
+            redactor=Redactor(settings.secret_values()),
         )
         self._pollers: list[asyncio.Task[None]] = []
         self.http = Starlette(

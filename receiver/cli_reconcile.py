@@ -39,7 +39,11 @@ async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(format=settings.log.format, level="warning" if args.once else "info")
+    configure_logging(
+        format=settings.log.format,
+        level="warning" if args.once else "info",
+        secrets=settings.secret_values(),
+    )
     if args.once:
         quiet = settings.dispatch.model_copy(update={"enabled": False})
         app = create_app(settings.model_copy(update={"dispatch": quiet}))

@@ -8,12 +8,15 @@ dotted key at fault.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -27,6 +30,7 @@ from pydantic import (
 )
 
 from receiver.errors import ConfigError
+from receiver.verify import standard_webhooks_key_size
 
 SourceKind = Literal[
     "refonte", "cloudfactory", "standard-webhooks", "document-review", "clarifai", "taskmonk"
@@ -141,6 +145,9 @@ class SourceSettings(_Strict):
                 raise ValueError(f"a {self.kind} source needs a [reconcile] table")
         elif self.verify != "none" and not self.secrets:
             raise ValueError(f"verify = {self.verify!r} needs `secrets` or `secrets_env`")
+        if self.verify == "standard-webhooks":
+            for n, secret in enumerate(self.secret_values(), start=1):
+                _check_whsec(secret, n)
         if self.reconcile is not None:
             self._check_reconcile(self.reconcile)
         return self
@@ -180,6 +187,26 @@ class SourceSettings(_Strict):
 
     def secret_values(self) -> tuple[str, ...]:
         return tuple(s.get_secret_value() for s in self.secrets)
+
+
+# The Standard Webhooks specification's key sizes: shorter keys can be guessed.
+WHSEC_MIN_KEY, WHSEC_MAX_KEY = 24, 64
+
+
+def _check_whsec(secret: str, n: int) -> None:
+    encoded = secret.removeprefix("whsec_")
+    if secret.startswith("whsec_"):
+        try:
+            size = len(base64.b64decode(encoded, validate=True)) if encoded else 0
+        except (binascii.Error, ValueError):
+            raise ValueError(f"secret {n}: whsec_ must be followed by base64") from None
+    else:
+        size = standard_webhooks_key_size(secret)
+    if not WHSEC_MIN_KEY <= size <= WHSEC_MAX_KEY:
+        raise ValueError(
+            f"secret {n}: a Standard Webhooks key must be {WHSEC_MIN_KEY} to {WHSEC_MAX_KEY} "
+            f"bytes, this one is {size}"
+        )
 
 
 class ApiKey(_Strict):
@@ -272,6 +299,18 @@ class LogSettings(_Strict):
 
 
 class Settings(_Strict):
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this configuration holds: redacted wherever it shows up."""
+        found: list[str] = []
+        for src in self.sources.values():
+            found += src.secret_values()
+            if (rc := src.reconcile) is not None:
+                found += [s.get_secret_value() for s in (rc.api_key, rc.client_secret) if s]
+        found += [k.key.get_secret_value() for k in self.api.keys.values() if k.key]
+        if password := _url_password(self.database.url):
+            found.append(password)
+        return tuple(found)
+
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -282,6 +321,11 @@ class Settings(_Strict):
     http: HttpSettings = Field(default_factory=HttpSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     insecure_dev: bool = False
+
+
+def _url_password(url: str) -> str:
+    parsed = urlsplit(url)
+    return parsed.password or dict(parse_qsl(parsed.query)).get("password", "")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

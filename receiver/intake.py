@@ -1,10 +1,14 @@
 """``POST /callbacks/{source}``: read, verify, store durably, ack. A plain ASGI callable.
 
-The order is the contract: unknown source 404 → body over the limit 413 (checked while
-streaming, never buffering more than the limit) → verification over the exact bytes 401
-(nothing stored) → content type 415 and parse 400 (stored as quarantined: an authenticated
-delivery is never dropped) → durable commit → 200 accepted / duplicate. A storage failure
-answers 503 so the sender retries; no 200 leaves before its own commit.
+The order is the contract: unknown source 404 → what needs no body, before it is read:
+credentials in headers 401 (a header token entirely; a signature's headers), declared size
+413, content encoding 415 → the body, streamed within the size limit, the body deadline and
+the unverified-bytes budget (503 past it), inflated within the limit if compressed →
+verification over the exact bytes 401 (nothing stored) → content type 415 and parse 400
+(stored as quarantined: an authenticated delivery is never dropped) → durable commit → 200
+accepted / duplicate. A storage failure answers 503 so the sender retries; no 200 leaves
+before its own commit. A request answered before its body was read gets its connection
+closed.
 
 It is plain ASGI rather than a Starlette endpoint because this is the hot path: framework
 routing and request objects cost more than the verification itself (shared/PERF-NOTES.md).
@@ -17,7 +21,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,70 +30,38 @@ from starlette.types import Receive, Scope, Send
 from receiver import verify
 from receiver.actions import parse_action
 from receiver.bodies import media_type, readable
-from receiver.config import SourceSettings
 from receiver.errors import PayloadError, StorageBusy, StorageUnavailable, VerificationError
 from receiver.metrics import Metrics
+from receiver.reading import (
+    BodyTooLarge,
+    ByteBudget,
+    ClientGone,
+    CorruptEncoding,
+    Held,
+    OverBudget,
+    UnsupportedEncoding,
+    content_coding,
+    decode_content,
+    read_body,
+)
 from receiver.records import DeliveryStatus, NewDelivery, StoreResult, new_id
-from receiver.sources import SourceAdapter
+from receiver.redaction import Redactor
+from receiver.source_runtime import UNVERIFIED, SourceRuntime
 from receiver.storage import Storage
 
 log = structlog.get_logger("taskhook.intake")
 
-PREFIX = "/callbacks/"
-WORKSTREAM_PREFIX = "/v1/workstreams/"
-WORKSTREAM_PATH = re.compile(r"^/v1/workstreams/([^/]+)/task_completed$")
-REDACTED = "[redacted]"
-ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRuntime:
-    """A configured source, resolved once at start-up."""
-
-    name: str
-    settings: SourceSettings
-    adapter: SourceAdapter
-    secrets: tuple[str, ...]
-    redact: frozenset[str]
-
-    @classmethod
-    def build(cls, name: str, settings: SourceSettings, adapter: SourceAdapter) -> SourceRuntime:
-        redact = set(ALWAYS_REDACTED)
-        if settings.scheme == "header-token":
-            redact.add(settings.header_name)  # the header carries the shared secret itself
-        return cls(name, settings, adapter, settings.secret_values(), frozenset(redact))
-
-    def check(
-        self, body: bytes, headers: Mapping[str, str], now: float, *, recorded: bool = False
-    ) -> verify.Verified:
-        """Verify a delivery. `recorded` traffic (replay) is checked without freshness, and
-        a header token redacted at receipt stands for the check passed then."""
-        redacted = headers.get(self.settings.header_name) == REDACTED
-        if recorded and self.settings.scheme == "header-token" and redacted:
-            return verify.Verified(key_index=-1, key_fingerprint="")
-        return verify.verify(
-            self.settings.scheme,
-            body,
-            headers,
-            self.secrets,
-            header=self.settings.header_name,
-            now=now,
-            tolerance_seconds=self.settings.tolerance_seconds,
-            check_timestamp=not recorded,
-        )
-
-
 _BUSY = orjson.dumps(
     {"error": "receiver busy: too many deliveries waiting to be stored, retry shortly"}
 )
+_OVER_BUDGET = orjson.dumps(
+    {"error": "receiver busy: too many unverified bodies in flight, retry shortly"}
+)
+_RETRY_SOON = (_BUSY, _OVER_BUDGET)
 
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
+PREFIX = "/callbacks/"
+WORKSTREAM_PREFIX = "/v1/workstreams/"
+WORKSTREAM_PATH = re.compile(r"^/v1/workstreams/([^/]+)/task_completed$")
 
 
 def _json(status: int, payload: Mapping[str, Any]) -> tuple[int, bytes]:
@@ -114,23 +85,6 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The request body, refusing as soon as more than `limit` bytes have arrived."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 class Intake:
     def __init__(
         self,
@@ -141,9 +95,16 @@ class Intake:
         on_stored: Callable[[], None],
         clock: Callable[[], float] = time.time,
         body_timeout: float = 30.0,
+        unverified_bytes: int = 64 * 1024 * 1024,
+        redactor: Redactor | None = None,
     ) -> None:
         self._sources = dict(sources)
         self._body_timeout = body_timeout
+        self._unverified = ByteBudget(unverified_bytes)
+        self._redactor = redactor or Redactor(())
+        # Keys verifying-key fingerprints (`verify.fingerprint`); the app sets the
+        # installation's own once storage is open.
+        self.fingerprint_key = b""
         self._workstreams = {
             rt.settings.workstream_id or rt.name: rt
             for rt in sources.values()
@@ -198,44 +159,97 @@ class Intake:
             return
         structlog.contextvars.bind_contextvars(source=name)
         try:
-            status, body = await self._handle(source, scope, receive)
+            status, body, unread = await self._handle(source, scope, receive)
         except ClientGone:
             log.info("client disconnected before sending its whole body; nothing stored")
             return
-        extra: tuple[tuple[bytes, bytes], ...] = ()
+        extra: list[tuple[bytes, bytes]] = []
         if status == 503:
             # A full queue clears in moments; a database that is down takes longer.
-            extra = ((b"retry-after", b"1" if body is _BUSY else b"5"),)
-        if status == 408:
-            extra = ((b"connection", b"close"),)
-        await send_json(send, status, body, extra)
+            extra.append((b"retry-after", b"1" if body in _RETRY_SOON else b"5"))
+        if unread or status == 408:
+            # The rest of the body is not read: the connection cannot carry another request.
+            extra.append((b"connection", b"close"))
+        await send_json(send, status, body, tuple(extra))
 
     async def _handle(
         self, source: SourceRuntime, scope: Scope, receive: Receive
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, bool]:
+        """The answer, and whether the body was left unread. What needs no body is decided
+        before it is read: credentials in headers, the declared size, the encoding."""
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             key = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        try:
+            verified = source.precheck(headers, self._clock())
+        except VerificationError as exc:
+            return (*self._rejected(source, exc), True)
         limit = source.settings.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return self._refuse_large(source, limit)
+            return (*self._refuse_large(source, limit), True)
+        try:
+            coding = content_coding(headers)
+        except UnsupportedEncoding as exc:
+            self._counters[source.name, "unsupported"].inc()
+            return (*_json(415, {
+                "error": f"content encoding {exc.encoding!r} is not supported: "
+                "send the body as is, gzip or deflate",
+            }), True)  # fmt: skip
+        # A body whose credentials are still to be checked draws on the unverified budget.
+        held = Held(None if verified is not None else self._unverified)
         try:
             # One deadline for the whole body (not one per chunk): a trickling client is
             # cut off as surely as a silent one.
             async with asyncio.timeout(self._body_timeout):
-                body = await read_body(receive, limit)
+                raw = await read_body(receive, limit, held)
+            if coding is None:
+                return (*await self.accept(source, raw, headers, verified=verified), False)
+            return (*await self._decoded(source, raw, coding, headers, verified), False)
         except BodyTooLarge:
-            return self._refuse_large(source, limit)
+            return (*self._refuse_large(source, limit), True)
+        except OverBudget:
+            self._counters[source.name, "busy"].inc()
+            log.warning("unverified body budget spent; answered 503", held=self._unverified.held)
+            return 503, _OVER_BUDGET, True
         except TimeoutError:
             self._counters[source.name, "timeout"].inc()
             log.info("request body not received in time; nothing stored")
-            return _json(408, {
+            return (*_json(408, {
                 "error": f"request body not received within {self._body_timeout:g} s",
-            })  # fmt: skip
-        return await self.accept(source, body, headers)
+            }), True)  # fmt: skip
+        finally:
+            held.release()
+
+    async def _decoded(
+        self,
+        source: SourceRuntime,
+        raw: bytes,
+        coding: str,
+        headers: dict[str, str],
+        verified: verify.Verified | None,
+    ) -> tuple[int, bytes]:
+        """A compressed delivery, inflated within the limit, then accepted as its payload."""
+        limit = source.settings.max_body_bytes
+        # Stored and replayed as the payload it carries, so the encoding header is renamed.
+        headers = {k: v for k, v in headers.items() if k != "content-encoding"}
+        headers["x-original-content-encoding"] = coding
+        try:
+            body = decode_content(raw, coding, limit)
+        except CorruptEncoding as exc:
+            if verified is None:  # nothing proves who sent it: refuse, store nothing
+                return _json(400, {"error": "unreadable body", "reason": str(exc)})
+            # Authenticated: kept, quarantined with the reason, like any unreadable body.
+            return await self.accept(source, raw, headers, verified=verified, unreadable=str(exc))
+        return await self.accept(source, body, headers, verified=verified, alternate=raw)
+
+    def _rejected(self, source: SourceRuntime, exc: VerificationError) -> tuple[int, bytes]:
+        self._metrics.verification_failures.labels(source.name).inc()
+        self._counters[source.name, "rejected"].inc()
+        log.info("verification failed", reason=exc.reason)
+        return _json(401, {"error": "verification failed", "reason": exc.reason})
 
     async def accept(
         self,
@@ -247,32 +261,28 @@ class Intake:
         replayed: bool = False,
         reconciled: bool = False,
         operator: str | None = None,
+        verified: verify.Verified | None = None,
+        alternate: bytes | None = None,
+        unreadable: str | None = None,
     ) -> tuple[int, bytes]:
         """Verify, parse and durably store one read delivery; the HTTP answer it gets.
 
-        `replay` comes through here too, with `replayed` set: a recorded signature must
-        still verify, only its freshness is not checked (it was fresh when received). A
-        recorded header-token delivery carries the token redacted: it was verified when it
-        was received, and is stored without a key.
-
-        Reconciliation pollers come through here with `reconciled` set: the body was
-        synthesized here from the vendor's API over an authenticated connection, so there
-        is no signature to check; everything after verification is the same.
-
-        A local replay of an exported operator action comes with `operator` (the key name
-        that made it): it is stored as that action again, for its source's ledger to apply.
+        `replayed`: a recorded signature must still verify, only not its freshness; a
+        recorded header token (redacted at receipt) stands for the check passed then.
+        `reconciled`: synthesized from the vendor's API over an authenticated connection,
+        nothing to check. `operator`: a local replay of an exported operator action (the
+        key name that made it), stored as that action again. The HTTP path passes what it
+        checked before the body (`verified`), the body as it came when it came compressed
+        (`alternate`), and why an authenticated body cannot be read at all (`unreadable`).
         """
         now = self._clock()
         try:
             if reconciled or operator is not None:
-                verified = verify.Verified(key_index=-1, key_fingerprint="")
-            else:
-                verified = source.check(body, headers, now, recorded=replayed)
+                verified = UNVERIFIED
+            elif verified is None:
+                verified = source.check(body, headers, now, recorded=replayed, alternate=alternate)
         except VerificationError as exc:
-            self._metrics.verification_failures.labels(source.name).inc()
-            self._counters[source.name, "rejected"].inc()
-            log.info("verification failed", reason=exc.reason)
-            return _json(401, {"error": "verification failed", "reason": exc.reason})
+            return self._rejected(source, exc)
 
         content_type = headers.get("content-type", "")
         status = DeliveryStatus.RECEIVED
@@ -281,6 +291,8 @@ class Intake:
         fields: list[dict[str, str]] = []
         refusal = 400
         try:
+            if unreadable is not None:
+                raise PayloadError(unreadable)
             if not readable(content_type):
                 refusal = 415
                 raise PayloadError(
@@ -307,7 +319,7 @@ class Intake:
             source=source.name,
             kind=source.settings.kind,
             received_at=now if received_at is None else received_at,
-            headers={k: (REDACTED if k in source.redact else v) for k, v in headers.items()},
+            headers=self._redactor.headers(headers, by_name=source.redact),
             body=body,
             content_type=content_type,
             dedup_key=dedup_key,
@@ -315,7 +327,7 @@ class Intake:
             task_id=task_id,
             sender_delivery_id=verified.delivery_id,
             key_index=verified.key_index,
-            key_fingerprint=verified.key_fingerprint or None,
+            key_fingerprint=source.fingerprint(verified, self.fingerprint_key),
             error=reason,
             replayed=replayed,
             reconciled=reconciled,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Literal
 
 import structlog
+
+from receiver.redaction import Redactor
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -21,8 +24,13 @@ _LEVELS = {
 
 
 def configure_logging(
-    *, format: Literal["auto", "json", "console"] = "auto", level: str = "info"
+    *,
+    format: Literal["auto", "json", "console"] = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
 ) -> None:
+    """`secrets` (every configured one) are scrubbed from every line, whatever field
+    carries them."""
     use_console = format == "console" or (format == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
@@ -34,7 +42,7 @@ def configure_logging(
     ]
     if not use_console:
         processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
+    processors += [Redactor(secrets), renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

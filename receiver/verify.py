@@ -22,9 +22,15 @@ recorded traffic and runs in benchmarks. Three schemes are supported:
 ``none`` accepts everything and exists for local development.
 
 Several secrets may be configured for one source so they can be rotated without downtime;
-any of them may match, and :class:`Verified` says which one did, by position and by
-:func:`fingerprint`, never by value. Failures raise :class:`~receiver.errors.VerificationError`
-whose reason is safe to send back to the sender: it names headers, never secrets.
+any of them may match, and :class:`Verified` says which one did, by position, never by value.
+:func:`fingerprint` names a secret in records: keyed with a per-installation key, so a
+fingerprint cannot be used to confirm a guessed secret offline.
+
+What can be checked before the body is read is checked by :func:`precheck` (a header token
+entirely; a signature scheme's headers for presence, size and freshness), so a request
+without credentials costs no body buffering. Signature headers are bounded in size.
+Failures raise :class:`~receiver.errors.VerificationError` whose reason is safe to send back
+to the sender: it names headers, never secrets.
 
 ``headers`` mappings must have lower-case keys (callers normalise them); header names given
 by configuration may be in any case.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -45,13 +52,16 @@ from typing import Literal
 from receiver.errors import VerificationError
 
 __all__ = [
+    "MAX_CREDENTIAL_HEADER",
     "Scheme",
     "Verified",
     "fingerprint",
+    "precheck",
     "sign",
     "sign_header_token",
     "sign_hmac_sha256",
     "sign_standard_webhooks",
+    "standard_webhooks_key_size",
     "verify",
     "verify_header_token",
     "verify_hmac_sha256",
@@ -71,6 +81,10 @@ _WHSEC_PREFIX = "whsec_"
 _SW_ID = ("webhook-id", "svix-id")
 _SW_TIMESTAMP = ("webhook-timestamp", "svix-timestamp")
 _SW_SIGNATURE = ("webhook-signature", "svix-signature")
+# A credential header longer than this is refused before any work on it: real tokens and
+# signature lists (several v1 entries during a key rotation) are a few hundred bytes.
+MAX_CREDENTIAL_HEADER = 4096
+_MAX_SW_ID = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +93,55 @@ class Verified:
 
     key_index: int
     """Position in ``secrets`` of the secret that matched (-1 for scheme ``none``)."""
-    key_fingerprint: str
-    """:func:`fingerprint` of that secret (``""`` for scheme ``none``)."""
     delivery_id: str | None = None
     """The sender's delivery id when the scheme has one (Standard Webhooks: ``webhook-id``)."""
     timestamp: int | None = None
     """The signed timestamp in unix seconds when the scheme has one."""
 
 
-@functools.lru_cache(maxsize=64)
-def fingerprint(secret: str) -> str:
-    """``'sha256:'`` + the first 12 hex chars of sha256(secret as utf-8).
+@functools.lru_cache(maxsize=256)
+def fingerprint(secret: str, key: bytes) -> str:
+    """``'hmac-sha256:'`` + the first 16 hex chars of HMAC-SHA256(key, secret as utf-8).
 
-    Identifies a secret in logs and records without revealing it.
+    Identifies a secret in logs and records without revealing it. `key` is the
+    installation's own: whoever reads a record but not the key cannot test a guessed secret
+    against its fingerprint.
     """
-    return "sha256:" + hashlib.sha256(_utf8(secret)).hexdigest()[:12]
+    return "hmac-sha256:" + _hmac(key, _utf8(secret)).hex()[:16]
+
+
+def precheck(
+    scheme: Scheme,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    *,
+    header: str = "",
+    now: float,
+    tolerance_seconds: int = 300,
+    check_timestamp: bool = True,
+) -> Verified | None:
+    """What can be decided from the headers alone, before the body is read.
+
+    header-token: the whole check (the token does not cover the body), so its `Verified`.
+    hmac-sha256 and standard-webhooks: the credential headers present, within size and (for
+    a timestamped scheme) fresh; None means "read the body, then `verify`". Raises
+    `VerificationError` like `verify`.
+    """
+    if scheme == "header-token":
+        return verify_header_token(b"", headers, secrets, header=header)
+    if scheme == "hmac-sha256":
+        _require_secrets(secrets)
+        name = _header_name(header)
+        if not _bounded(headers, name):
+            raise VerificationError(f"missing header {name}")
+    elif scheme == "standard-webhooks":
+        _require_secrets(secrets)
+        _bounded(headers, *_SW_SIGNATURE)
+        if len(_first_header(headers, _SW_ID)) > _MAX_SW_ID:
+            raise VerificationError("header webhook-id too long")
+        if check_timestamp:
+            _fresh(_first_header(headers, _SW_TIMESTAMP), now, tolerance_seconds)
+    return None
 
 
 # --- verification -----------------------------------------------------------------------
@@ -106,20 +154,30 @@ def verify_header_token(
     del body  # a bare token does not cover the body
     name = _header_name(header)
     _require_secrets(secrets)
-    value = headers.get(name)
+    value = _bounded(headers, name)
     if not value:
         raise VerificationError(f"missing header {name}")
-    presented = _utf8(value)
+    # Servers hand header bytes over decoded as latin-1, so the token's raw bytes are its
+    # latin-1 encoding: a UTF-8 token matches a UTF-8 secret. A caller passing text as it
+    # was meant (not as latin-1) is matched by its UTF-8 too.
+    forms = [_utf8(value)]
+    with contextlib.suppress(UnicodeEncodeError):
+        raw = value.encode("latin-1")
+        if raw != forms[0]:  # not plain ASCII
+            forms.append(raw)
     matched = -1
     # Every secret is compared, with no early exit, so response timing does not tell an
     # attacker which key (or how many keys) exist. compare_digest only hides timing per call.
     for index, secret in enumerate(secrets):
-        ok = bool(secret) and hmac.compare_digest(presented, _utf8(secret))
+        expected = _utf8(secret)
+        ok = False
+        for presented in forms:
+            ok |= bool(secret) and hmac.compare_digest(presented, expected)
         if ok and matched < 0:
             matched = index
     if matched < 0:
         raise VerificationError(f"invalid token in header {name}")
-    return Verified(key_index=matched, key_fingerprint=fingerprint(secrets[matched]))
+    return Verified(key_index=matched)
 
 
 def verify_hmac_sha256(
@@ -133,7 +191,7 @@ def verify_hmac_sha256(
     """
     name = _header_name(header)
     _require_secrets(secrets)
-    value = headers.get(name)
+    value = _bounded(headers, name)
     if not value:
         raise VerificationError(f"missing header {name}")
     presented = [
@@ -148,7 +206,7 @@ def verify_hmac_sha256(
     )
     if matched < 0:
         raise VerificationError(f"invalid signature in header {name}")
-    return Verified(key_index=matched, key_fingerprint=fingerprint(secrets[matched]))
+    return Verified(key_index=matched)
 
 
 def verify_standard_webhooks(
@@ -171,18 +229,13 @@ def verify_standard_webhooks(
     _require_secrets(secrets)
     msg_id = _first_header(headers, _SW_ID)
     raw_timestamp = _first_header(headers, _SW_TIMESTAMP)
+    _bounded(headers, *_SW_SIGNATURE)
     signature_header = _first_header(headers, _SW_SIGNATURE)
-
-    if _TIMESTAMP.fullmatch(raw_timestamp) is None:
-        raise VerificationError("invalid header webhook-timestamp: not an integer")
-    timestamp = int(raw_timestamp)
+    if len(msg_id) > _MAX_SW_ID:
+        raise VerificationError("header webhook-id too long")
     # Freshness first, like the reference libraries: it is cheap and bounds how long a
     # captured delivery stays replayable.
-    if check_timestamp:
-        if now - timestamp > tolerance_seconds:
-            raise VerificationError("timestamp too old")
-        if timestamp - now > tolerance_seconds:
-            raise VerificationError("timestamp too far in the future")
+    timestamp = _fresh(raw_timestamp, now, tolerance_seconds if check_timestamp else None)
 
     presented: list[bytes] = []
     for entry in signature_header.split():
@@ -204,18 +257,13 @@ def verify_standard_webhooks(
     )
     if matched < 0:
         raise VerificationError("invalid signature in header webhook-signature")
-    return Verified(
-        key_index=matched,
-        key_fingerprint=fingerprint(secrets[matched]),
-        delivery_id=msg_id,
-        timestamp=timestamp,
-    )
+    return Verified(key_index=matched, delivery_id=msg_id, timestamp=timestamp)
 
 
 def verify_none(body: bytes, headers: Mapping[str, str]) -> Verified:
     """Accept anything; for sources that are trusted by network placement or in development."""
     del body, headers
-    return Verified(key_index=-1, key_fingerprint="")
+    return Verified(key_index=-1)
 
 
 def verify(
@@ -336,6 +384,32 @@ def _require_secrets(secrets: Sequence[str]) -> None:
         raise VerificationError("no secret configured")
 
 
+def _bounded(headers: Mapping[str, str], *names: str) -> str:
+    """The first of `names` present (or ""), refused when longer than a credential can be."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            if len(value) > MAX_CREDENTIAL_HEADER:
+                raise VerificationError(
+                    f"header {name} is longer than {MAX_CREDENTIAL_HEADER} characters"
+                )
+            return value
+    return ""
+
+
+def _fresh(raw: str, now: float, tolerance: float | None) -> int:
+    """The signed timestamp, checked to lie within `tolerance` of `now` (None: any)."""
+    if _TIMESTAMP.fullmatch(raw) is None:
+        raise VerificationError("invalid header webhook-timestamp: not an integer")
+    timestamp = int(raw)
+    if tolerance is not None:
+        if now - timestamp > tolerance:
+            raise VerificationError("timestamp too old")
+        if timestamp - now > tolerance:
+            raise VerificationError("timestamp too far in the future")
+    return timestamp
+
+
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
     for name in names:
         value = headers.get(name)
@@ -390,6 +464,11 @@ def _decode_hmac_token(token: str) -> bytes | None:
     if digest is None or len(digest) != _SHA256_SIZE:
         return None
     return digest
+
+
+def standard_webhooks_key_size(secret: str) -> int:
+    """Bytes of HMAC key a Standard Webhooks secret yields (configuration checks it)."""
+    return len(_standard_webhooks_key(secret))
 
 
 def _standard_webhooks_key(secret: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,9 @@ def test_every_readme_config_example_is_valid_configuration() -> None:
     for document in documents:
         merge(merged, document)
     names = set(re.findall(r'_env = "([A-Z_]+)"', readme))
-    settings = settings_from_mapping(merged, environ=dict.fromkeys(names, "from-env"))
+    # One value for every variable, valid as any kind of secret (a 24-byte Standard Webhooks key).
+    value = "whsec_" + base64.b64encode(b"from the environment, 24").decode()
+    settings = settings_from_mapping(merged, environ=dict.fromkeys(names, value))
     assert {"refonte", "taskmonk", "clarifai", "cf-labeling", "docs", "billing"} <= set(
         settings.sources
     )

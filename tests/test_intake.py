@@ -71,7 +71,7 @@ async def test_rotated_secret_is_accepted_and_recorded_by_position(
         db_path, "SELECT key_index, key_fingerprint, headers FROM deliveries"
     )[0]
     assert key_index == 1
-    assert fingerprint.startswith("sha256:")
+    assert fingerprint.startswith("hmac-sha256:")
     assert "older-secret" not in fingerprint
     assert "older-secret" not in headers  # the token header is redacted before storing
     assert json.loads(headers)["refonte-callback-auth"] == "[redacted]"

@@ -23,8 +23,10 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.errors import VerificationError
 from receiver.verify import (
+    MAX_CREDENTIAL_HEADER,
     Verified,
     fingerprint,
+    precheck,
     sign,
     sign_header_token,
     sign_hmac_sha256,
@@ -53,11 +55,13 @@ TASK_HEX_2 = "d5ff44d3fa103da1d7ec08a5fa752bb5aa05fddfee20ce195290201efa2f18eb"
 TASK_B64_2 = "1f9E0/oQPaHX7Ail+nUrtaoF/d/uIM4ZUpAgHvovGOs="  # has both '+' and '/'
 TASK_B64URL_2 = "1f9E0_oQPaHX7Ail-nUrtaoF_d_uIM4ZUpAgHvovGOs="
 
-# sha256sum, first 12 hex chars.
-FP_JEFE = "sha256:005725b48609"
-FP_SECRET_1 = "sha256:3be20eeb287d"
-FP_SECRET_2 = "sha256:b271abdd9928"
-FP_SW = "sha256:96ad2ccd8146"
+# HMAC-SHA256 keyed with FP_KEY (an installation's key), first 16 hex chars: computed with
+# `printf %s SECRET | openssl dgst -sha256 -hmac taskhook-test-installation-key`.
+FP_KEY = b"taskhook-test-installation-key"
+FP_JEFE = "hmac-sha256:08dcfba96f45c0b8"
+FP_SECRET_1 = "hmac-sha256:cde2814fad245398"
+FP_SECRET_2 = "hmac-sha256:86081abc57d0a5f5"
+FP_SW = "hmac-sha256:13a9f4bc9075ea54"
 
 # The example in the Standard Webhooks specification.
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -102,10 +106,16 @@ def sw_verify(
 
 
 def test_fingerprint_known_answers() -> None:
-    assert fingerprint(RFC_KEY) == FP_JEFE
-    assert fingerprint(SECRET_1) == FP_SECRET_1
-    assert fingerprint(SECRET_2) == FP_SECRET_2
-    assert fingerprint(SW_SECRET) == FP_SW
+    assert fingerprint(RFC_KEY, FP_KEY) == FP_JEFE
+    assert fingerprint(SECRET_1, FP_KEY) == FP_SECRET_1
+    assert fingerprint(SECRET_2, FP_KEY) == FP_SECRET_2
+    assert fingerprint(SW_SECRET, FP_KEY) == FP_SW
+
+
+def test_fingerprint_is_keyed_by_the_installation() -> None:
+    # Without the installation's key a fingerprint cannot be recomputed from a guess.
+    assert fingerprint(SECRET_1, b"another installation") != FP_SECRET_1
+    assert fingerprint(SECRET_1, FP_KEY) != fingerprint(SECRET_2, FP_KEY)
 
 
 def test_sign_hmac_sha256_known_answers() -> None:
@@ -134,14 +144,13 @@ def test_sign_hmac_sha256_known_answers() -> None:
 )
 def test_verify_hmac_sha256_known_answer_encodings(value: str) -> None:
     result = verify_hmac_sha256(RFC_BODY, {"x-signature-256": value}, [RFC_KEY], header=HEADER)
-    assert result == Verified(key_index=0, key_fingerprint=FP_JEFE)
+    assert result == Verified(key_index=0)
 
 
 @pytest.mark.parametrize("value", [TASK_B64_2, TASK_B64URL_2, TASK_B64URL_2.rstrip("=")])
 def test_verify_hmac_sha256_standard_and_urlsafe_base64(value: str) -> None:
     result = verify_hmac_sha256(TASK_BODY, {"sig": value}, [SECRET_2], header="Sig")
     assert result.key_index == 0
-    assert result.key_fingerprint == FP_SECRET_2
 
 
 def test_header_token_known_answer() -> None:
@@ -149,7 +158,7 @@ def test_header_token_known_answer() -> None:
     result = verify_header_token(
         b"", {"x-scale-token": "tok-123"}, ["tok-123"], header="X-SCALE-TOKEN"
     )
-    assert result == Verified(key_index=0, key_fingerprint=fingerprint("tok-123"))
+    assert result == Verified(key_index=0)
     assert result.delivery_id is None
     assert result.timestamp is None
 
@@ -169,9 +178,7 @@ def test_sign_standard_webhooks_spec_example() -> None:
 
 def test_verify_standard_webhooks_spec_example() -> None:
     result = sw_verify(sw_headers())
-    assert result == Verified(
-        key_index=0, key_fingerprint=FP_SW, delivery_id=SW_MSG_ID, timestamp=SW_TIMESTAMP
-    )
+    assert result == Verified(key_index=0, delivery_id=SW_MSG_ID, timestamp=SW_TIMESTAMP)
 
 
 def test_standard_webhooks_secret_without_prefix_is_base64_decoded() -> None:
@@ -190,12 +197,12 @@ def test_standard_webhooks_non_base64_secret_uses_utf8_bytes() -> None:
         sign_standard_webhooks(body, PLAIN_SECRET, msg_id="msg_1", timestamp=1700000000) == headers
     )
     result = sw_verify(headers, [PLAIN_SECRET], body=body, now=1700000000)
-    assert result.key_fingerprint == fingerprint(PLAIN_SECRET)
+    assert result.key_index == 0
 
 
 def test_verify_none_accepts_anything() -> None:
-    assert verify_none(b"\x00garbage", {}) == Verified(key_index=-1, key_fingerprint="")
-    assert verify("none", b"x", {}, [], now=0) == Verified(key_index=-1, key_fingerprint="")
+    assert verify_none(b"\x00garbage", {}) == Verified(key_index=-1)
+    assert verify("none", b"x", {}, [], now=0) == Verified(key_index=-1)
     assert sign("none", b"x", "s") == {}
 
 
@@ -437,9 +444,7 @@ def test_standard_webhooks_check_timestamp_false_still_rejects_bad_signature() -
 
 def test_standard_webhooks_svix_aliases() -> None:
     result = sw_verify(sw_headers(prefix="svix"))
-    assert result == Verified(
-        key_index=0, key_fingerprint=FP_SW, delivery_id=SW_MSG_ID, timestamp=SW_TIMESTAMP
-    )
+    assert result == Verified(key_index=0, delivery_id=SW_MSG_ID, timestamp=SW_TIMESTAMP)
 
 
 def test_standard_webhooks_svix_missing_reports_canonical_name() -> None:
@@ -538,13 +543,11 @@ def test_dispatcher_known_answers() -> None:
     assert sign("header-token", b"", "tok", header="X-T") == {"x-t": "tok"}
     assert verify(
         "hmac-sha256", RFC_BODY, {"x-signature-256": RFC_B64}, [RFC_KEY], header=HEADER, now=0
-    ) == Verified(0, FP_JEFE)
+    ) == Verified(0)
     assert verify("standard-webhooks", SW_BODY, sw_headers(), [SW_SECRET], now=SW_TIMESTAMP) == (
-        Verified(0, FP_SW, SW_MSG_ID, SW_TIMESTAMP)
+        Verified(0, SW_MSG_ID, SW_TIMESTAMP)
     )
-    assert verify("header-token", b"", {"x-t": "tok"}, ["tok"], header="X-T", now=0) == Verified(
-        0, fingerprint("tok")
-    )
+    assert verify("header-token", b"", {"x-t": "tok"}, ["tok"], header="X-T", now=0) == Verified(0)
 
 
 def test_dispatcher_passes_timestamp_options() -> None:
@@ -573,21 +576,20 @@ def test_dispatcher_passes_timestamp_options() -> None:
 
 def test_rotation_hmac_reports_second_secret() -> None:
     result = verify_hmac_sha256(TASK_BODY, {"sig": TASK_HEX_2}, [SECRET_1, SECRET_2], header="sig")
-    assert result == Verified(key_index=1, key_fingerprint=FP_SECRET_2)
+    assert result == Verified(key_index=1)
     result = verify_hmac_sha256(TASK_BODY, {"sig": TASK_HEX_1}, [SECRET_1, SECRET_2], header="sig")
-    assert result == Verified(key_index=0, key_fingerprint=FP_SECRET_1)
+    assert result == Verified(key_index=0)
 
 
 def test_rotation_header_token_reports_second_secret() -> None:
     result = verify_header_token(b"", {"x-t": SECRET_2}, [SECRET_1, SECRET_2], header="x-t")
-    assert result == Verified(key_index=1, key_fingerprint=FP_SECRET_2)
+    assert result == Verified(key_index=1)
 
 
 def test_rotation_standard_webhooks_reports_second_secret() -> None:
     old = "whsec_" + base64.b64encode(b"old key, retired soon").decode()
     result = sw_verify(sw_headers(), [old, SW_SECRET])
     assert result.key_index == 1
-    assert result.key_fingerprint == FP_SW != fingerprint(old)
 
 
 def test_rotation_both_signatures_sent_reports_first_configured_match() -> None:
@@ -598,16 +600,16 @@ def test_rotation_both_signatures_sent_reports_first_configured_match() -> None:
 
 @given(st.text(min_size=16))
 def test_fingerprint_never_reveals_the_secret(secret: str) -> None:
-    fp = fingerprint(secret)
+    fp = fingerprint(secret, FP_KEY)
     assert fp != secret
     assert secret not in fp
-    assert fp.startswith("sha256:")
-    assert len(fp) == len("sha256:") + 12
+    assert fp.startswith("hmac-sha256:")
+    assert len(fp) == len("hmac-sha256:") + 16
 
 
 def test_fingerprint_of_realistic_secrets() -> None:
     for secret in (SECRET_1, SECRET_2, SW_SECRET, RFC_HEX):
-        fp = fingerprint(secret)
+        fp = fingerprint(secret, FP_KEY)
         assert secret not in fp
         assert fp not in secret
 
@@ -625,7 +627,7 @@ def test_interop_reference_signs_we_verify() -> None:
         "webhook-signature": signature,
     }
     result = verify_standard_webhooks(body.encode(), headers, [SW_SECRET], now=ts + 5)
-    assert result == Verified(0, FP_SW, "msg_interop", ts)
+    assert result == Verified(0, "msg_interop", ts)
 
 
 def test_interop_we_sign_reference_verifies() -> None:
@@ -662,7 +664,7 @@ bodies_st = st.binary(max_size=512)
 def test_property_header_token_round_trip(body: bytes, secret: str) -> None:
     headers = sign("header-token", body, secret, header="X-Token")
     result = verify("header-token", body, headers, [secret], header="x-token", now=0)
-    assert result == Verified(0, fingerprint(secret))
+    assert result == Verified(0)
 
 
 @given(
@@ -673,9 +675,7 @@ def test_property_header_token_round_trip(body: bytes, secret: str) -> None:
 )
 def test_property_hmac_round_trip(body: bytes, secret: str, encoding: str, prefix: str) -> None:
     headers = sign_hmac_sha256(body, secret, header="X-Sig", encoding=encoding, prefix=prefix)
-    assert verify_hmac_sha256(body, headers, [secret], header="X-Sig") == Verified(
-        0, fingerprint(secret)
-    )
+    assert verify_hmac_sha256(body, headers, [secret], header="X-Sig") == Verified(0)
 
 
 @given(
@@ -689,7 +689,7 @@ def test_property_standard_webhooks_round_trip(
 ) -> None:
     headers = sign_standard_webhooks(body, secret, msg_id=msg_id, timestamp=ts)
     result = verify_standard_webhooks(body, headers, [secret], now=ts)
-    assert result == Verified(0, fingerprint(secret), msg_id, ts)
+    assert result == Verified(0, msg_id, ts)
 
 
 @given(
@@ -754,7 +754,7 @@ def test_error_messages_never_contain_the_secret(secret: str) -> None:
         for text in (error.reason, str(error), repr(error)):
             assert secret not in text
             assert secret.removeprefix("whsec_") not in text
-            assert fingerprint(secret) not in text
+            assert fingerprint(secret, FP_KEY) not in text
 
 
 # Every reason verification can give, for a source whose header is "X-Auth". None of them is
@@ -786,3 +786,43 @@ def test_property_error_reasons_are_fixed_strings(secret: str) -> None:
     for error in _failures(secret):
         assert error.reason in FIXED_REASONS
         assert str(error) == error.reason
+
+
+# --- before the body ------------------------------------------------------------------------
+
+
+def test_precheck_decides_a_header_token_without_the_body() -> None:
+    assert precheck("header-token", {"x-t": "tok"}, ["tok"], header="X-T", now=0) == Verified(0)
+    with pytest.raises(VerificationError, match="invalid token"):
+        precheck("header-token", {"x-t": "nope"}, ["tok"], header="x-t", now=0)
+
+
+def test_precheck_of_signed_schemes_checks_headers_only() -> None:
+    assert precheck("hmac-sha256", {"sig": "abc"}, [SECRET_1], header="sig", now=0) is None
+    with pytest.raises(VerificationError, match="missing header sig"):
+        precheck("hmac-sha256", {}, [SECRET_1], header="sig", now=0)
+    fresh = sw_headers()
+    assert precheck("standard-webhooks", fresh, [SW_SECRET], now=SW_TIMESTAMP) is None
+    with pytest.raises(VerificationError, match="timestamp too old"):
+        precheck("standard-webhooks", fresh, [SW_SECRET], now=SW_TIMESTAMP + 301)
+    with pytest.raises(VerificationError, match="webhook-id too long"):
+        precheck("standard-webhooks", sw_headers(msg_id="m" * 257), [SW_SECRET], now=SW_TIMESTAMP)
+
+
+def test_credential_headers_are_bounded() -> None:
+    huge = "v1," + "A" * MAX_CREDENTIAL_HEADER
+    with pytest.raises(VerificationError, match="longer than 4096"):
+        sw_verify(sw_headers(huge))
+    with pytest.raises(VerificationError, match="longer than 4096"):
+        verify_hmac_sha256(RFC_BODY, {"s": "a" * 4097}, [RFC_KEY], header="s")
+    with pytest.raises(VerificationError, match="longer than 4096"):
+        verify_header_token(b"", {"t": "a" * 4097}, ["a" * 4097], header="t")
+
+
+def test_a_utf8_token_matches_as_servers_hand_it_over() -> None:
+    token = "pässwörd-ünïcode"
+    latin1_view = token.encode("utf-8").decode("latin-1")  # what the server decoded
+    assert verify_header_token(b"", {"t": latin1_view}, [token], header="t").key_index == 0
+    assert verify_header_token(b"", {"t": token}, [token], header="t").key_index == 0
+    with pytest.raises(VerificationError):
+        verify_header_token(b"", {"t": "passwort"}, [token], header="t")

@@ -20,8 +20,9 @@ import orjson
 import structlog
 
 from receiver.errors import StorageUnavailable, VendorError
-from receiver.intake import Intake, SourceRuntime
+from receiver.intake import Intake
 from receiver.reconcile.base import Poller
+from receiver.source_runtime import SourceRuntime
 from receiver.storage import Storage
 
 log = structlog.get_logger("taskhook.reconcile")
