@@ -1,4 +1,9 @@
-"""The read/admin HTTP API (Starlette routes): health, metrics and the deliveries inbox."""
+"""The read/admin HTTP API (Starlette routes): health, metrics and the deliveries inbox.
+
+Storage that cannot answer is 503 with Retry-After on every route, never 500 (the app maps
+`StorageUnavailable` from any route, plugins' included, with `storage_unavailable`); /readyz
+is 200 only while the database takes a real write (`Storage.probe`).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,18 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import Denied
-from receiver.errors import StorageUnavailable
+from receiver.errors import StorageBusy, StorageUnavailable
 from receiver.metrics import CONTENT_TYPE_LATEST
 from receiver.paging import decode_token
 from receiver.records import DeliveryRecord, DeliveryStatus
+
+log = structlog.get_logger("taskhook.api")
 
 if TYPE_CHECKING:
     from receiver.app import TaskhookApp
@@ -51,6 +59,8 @@ def delivery_summary(d: DeliveryRecord) -> dict[str, Any]:
         "next_attempt_at": iso(d.next_attempt_at) if d.status is DeliveryStatus.FAILED else None,
         "last_error": d.last_error,
         "duplicate_of": d.duplicate_of,
+        # Later receipts of this delivery, counted here (first seen: received_at).
+        "duplicates": {"count": d.duplicate_count, "last_seen": iso(d.last_duplicate_at)},
         "sender_delivery_id": d.sender_delivery_id,
         "verified_by": None
         if d.key_index is None or d.key_index < 0
@@ -72,6 +82,23 @@ def delivery_detail(d: DeliveryRecord) -> dict[str, Any]:
     }
 
 
+def retry_after(exc: Exception) -> str:
+    """Seconds a client should wait: a full write queue clears in moments, a database that
+    is down takes longer (the intake answers with the same)."""
+    return "1" if isinstance(exc, StorageBusy) else "5"
+
+
+def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's handler of `StorageUnavailable` raised by any route. The database's own
+    words (hosts, ports, paths) go to the log, not to whoever asked over the internet."""
+    log.warning("storage unavailable; answered 503", path=request.url.path, error=str(exc))
+    return JSONResponse(
+        {"error": "storage unavailable"},
+        status_code=503,
+        headers={"retry-after": retry_after(exc)},
+    )
+
+
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -85,7 +112,7 @@ def build_routes(app: TaskhookApp) -> list[Route]:
             try:
                 return await endpoint(request)
             except StorageUnavailable as exc:
-                return error(503, "storage unavailable", reason=str(exc))
+                return storage_unavailable(request, exc)
 
         return wrapper
 
@@ -94,9 +121,14 @@ def build_routes(app: TaskhookApp) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         try:
-            await app.storage.ping()
+            await app.storage.probe()  # a real write, at most one a second
         except StorageUnavailable as exc:
-            return error(503, "not ready", reason=str(exc))
+            log.warning("not ready: storage cannot take a write", error=str(exc))
+            return JSONResponse(
+                {"status": "not ready", "reason": "storage cannot take a write"},
+                status_code=503,
+                headers={"retry-after": retry_after(exc)},
+            )
         return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
@@ -158,7 +190,8 @@ def build_routes(app: TaskhookApp) -> list[Route]:
         if not done:
             return error(
                 409,
-                "only failed, dead or quarantined deliveries can be retried",
+                "only failed, dead or quarantined deliveries whose body is still kept can be "
+                "retried",
                 delivery_id=delivery_id,
             )
         return JSONResponse({"status": "received", "delivery_id": delivery_id}, status_code=202)

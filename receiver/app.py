@@ -19,16 +19,18 @@ import structlog
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from receiver.api import build_routes
+from receiver.api import build_routes, storage_unavailable
 from receiver.auth import KeyRing
 from receiver.config import Settings
 from receiver.dispatch import Dispatcher
+from receiver.errors import StorageUnavailable
 from receiver.events import EVENT_NAMES
 from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake
 from receiver.metrics import Metrics
 from receiver.plugins import load_plugins
+from receiver.prune import Pruner
 from receiver.reconcile import Reconciler, poller_for
-from receiver.redaction import Redactor
+from receiver.redaction import Redactor, display_url
 from receiver.registry import HandlerRegistry
 from receiver.source_runtime import SourceRuntime
 from receiver.sources import adapter_for
@@ -58,6 +60,9 @@ class TaskhookApp:
             settings.database.url,
             on_commit=self.metrics.observe_commit,
             max_queue=settings.database.max_queued_writes,
+            max_duplicate_rows=settings.retention.max_duplicate_rows,
+            # Headers that passed the front door are never cut; replayed ones may be.
+            max_header_bytes=settings.http.max_header_bytes,
         )
         declared = {name for src in settings.sources.values() for name in src.events}
         self.registry = HandlerRegistry(
@@ -92,8 +97,18 @@ class TaskhookApp:
             redactor=Redactor(settings.secret_values()),
         )
         self._pollers: list[asyncio.Task[None]] = []
+        self.pruner = Pruner(
+            self.storage,
+            settings.retention,
+            retained=self.registry.retained,
+            metrics=self.metrics,
+            clock=clock,
+        )
         self.http = Starlette(
-            routes=[*build_routes(self), *self.registry.routes], lifespan=self._lifespan
+            routes=[*build_routes(self), *self.registry.routes],
+            lifespan=self._lifespan,
+            # A storage failure in any route (a plugin's too) is 503 + Retry-After, not 500.
+            exception_handlers={StorageUnavailable: storage_unavailable},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,6 +122,8 @@ class TaskhookApp:
     async def open(self) -> None:
         """Storage open and plugins' start-up hooks run; no dispatcher (CLI commands)."""
         await self.storage.open()
+        # Fingerprints of verifying keys are keyed by this installation's own key.
+        self.intake.fingerprint_key = await self.storage.installation_key()
         self.registry.freeze()
         for hook in self.registry.startup_hooks:
             await hook()
@@ -125,12 +142,20 @@ class TaskhookApp:
                 self._pollers.append(
                     asyncio.create_task(self._poll(name, src.reconcile.interval_seconds))
                 )
+        retention = self.settings.retention
+        if retention.enabled:
+            # The first pass waits a little (at most a minute): start-up, and a backlog left
+            # by the previous process, come first.
+            every = retention.interval_seconds
+            self._pollers.append(
+                asyncio.create_task(self.pruner.forever(every, first=min(every, 60.0)))
+            )
         log.info(
             "taskhook started",
             sources=sorted(self.sources),
             handlers=[h.name for h in self.registry.handlers],
             plugins=self.plugins,
-            database=self.settings.database.url.split("@")[-1],
+            database=display_url(self.settings.database.url),
         )
 
     async def shutdown(self, grace: float = 10.0) -> None:

@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from receiver import cli_prune
 from receiver.cli_deliveries import add_parsers, run_deliveries, run_export
 from receiver.cli_reconcile import add_parser as add_reconcile_parser
 from receiver.cli_reconcile import run_reconcile
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, RegistryError, StorageUnavailable
 from receiver.logs import configure_logging
+from receiver.redaction import display_url
 from receiver.registry import Command
 
 T = TypeVar("T")
@@ -25,28 +27,27 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from receiver.app import create_app
+    from receiver.server import build_config, run
 
     settings = _settings(args)
-    configure_logging(format=settings.log.format, level=settings.log.level)
+    configure_logging(
+        format=settings.log.format, level=settings.log.level, secrets=settings.secret_values()
+    )
     app = create_app(settings)
-    config = uvicorn.Config(
+    # The front door's limits ([http]) are enforced by receiver.server's protocol.
+    config = build_config(
         app,
+        settings,
         host=args.host,
         port=args.port,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
         access_log=args.access_log,
         log_level=settings.log.level,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        timeout_keep_alive=5,
-        # Past this many connections and requests at once, uvicorn answers 503 at once
-        # instead of queueing without end.
-        limit_concurrency=settings.http.max_concurrency,
+        graceful_timeout=args.graceful_timeout,
     )
-    uvicorn.Server(config).run()
+    run(config)
     return 0
 
 
@@ -62,7 +63,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         await app.storage.close()
 
     asyncio.run(run())
-    print(f"schema up to date: {settings.database.url.split('@')[-1]}")
+    print(f"schema up to date: {display_url(settings.database.url)}")
     return 0
 
 
@@ -108,7 +109,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from receiver.replay import read_recordings, replay_local, replay_remote
 
     settings = _settings(args)
-    configure_logging(format=settings.log.format, level="warning")
+    configure_logging(format=settings.log.format, level="warning", secrets=settings.secret_values())
     records = read_recordings(args.paths, source=args.source)
     if args.to:
         summary = asyncio.run(replay_remote(settings, records, url=args.to))
@@ -126,7 +127,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from receiver.rebuild import backfill, rebuild
 
     settings = _settings(args)
-    configure_logging(format=settings.log.format, level="warning")
+    configure_logging(format=settings.log.format, level="warning", secrets=settings.secret_values())
     app = create_app(settings)
     summary = _with_app(app, lambda a: backfill(a, args.handler) if args.handler else rebuild(a))
     print(("backfilled " + args.handler + ": " if args.handler else "rebuilt: ") + summary.render())
@@ -187,6 +188,7 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML file (else $TASKHOOK_CONFIG, ./taskhook.toml)")
     add_parsers(sub, common)
     add_reconcile_parser(sub, common)
+    cli_prune.add_parser(sub, common)
 
     sign = sub.add_parser(
         "sign",
@@ -246,6 +248,7 @@ BUILTIN = frozenset(
         "rebuild",
         "simulate",
         "reconcile",
+        "prune",
         "-h",
         "--help",
     }
@@ -271,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_deliveries(_settings(args), args))
         if args.command == "export":
             return asyncio.run(run_export(_settings(args), args))
+        if args.command == "prune":
+            return asyncio.run(cli_prune.run(_settings(args), args))
         if args.command == "reconcile":
             try:
                 return asyncio.run(run_reconcile(_settings(args), args))

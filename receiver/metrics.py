@@ -41,6 +41,13 @@ class Metrics:
             "Deliveries stored and waiting to be processed (received or failed)",
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "taskhook_pruned",
+            "What retention removed: deliveries_bodies (bodies and headers of old processed, "
+            "dead and quarantined deliveries), duplicates (old duplicate receipt rows)",
+            ["what"],
+            registry=self.registry,
+        )
         self.commit_seconds = Histogram(
             "taskhook_commit_seconds",
             "Duration of one durable group commit",

@@ -112,6 +112,9 @@ class DeliveryRecord:
     processed_at: float | None
     reconciled: bool = False
     operator: str | None = None
+    # Receipts of the same delivery after this one (an original's; first seen: received_at).
+    duplicate_count: int = 0
+    last_duplicate_at: float | None = None
 
     @property
     def lane(self) -> str:

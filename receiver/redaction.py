@@ -28,6 +28,11 @@ def redact_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(lambda m: m.group("head") + "***", url)
 
 
+def display_url(url: str) -> str:
+    """Where a database is, for logs and messages: host, port and name, no credentials."""
+    return redact_url(url).rsplit("@", 1)[-1]
+
+
 class Redactor:
     """Replaces configured secret values, wherever they appear."""
 

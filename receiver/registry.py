@@ -78,6 +78,7 @@ class HandlerRegistry:
         self._startup: list[StartupHook] = []
         self._reset: list[StartupHook] = []
         self._commands: dict[str, Command] = {}
+        self._retained: list[str] = []
         self._frozen = False
         #: The app's storage backend and API key ring, for plugins that keep state or serve
         #: routes (the built-in ledger does both). None when the registry stands alone.
@@ -127,6 +128,24 @@ class HandlerRegistry:
     @property
     def commands(self) -> tuple[Command, ...]:
         return tuple(self._commands.values())
+
+    def retain(self, sql: str) -> None:
+        """Keep the bodies of the deliveries `sql` names through retention.
+
+        `sql` is a query in the SQLite dialect whose one column is delivery ids (say,
+        ``SELECT last_delivery_id FROM my_tasks``); the pruner asks it about each batch of
+        candidates (``WITH kept(id) AS (<sql>) SELECT id FROM kept WHERE id IN (...)``), so
+        an index on that column keeps pruning cheap.
+        """
+        self._check_open()
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise RegistryError(f"retain() takes a SELECT returning delivery ids, not {sql!r}")
+        self._retained.append(sql.strip().rstrip(";"))
+
+    @property
+    def retained(self) -> tuple[str, ...]:
+        """The queries of `retain`, in registration order."""
+        return tuple(self._retained)
 
     def on_reset(self, hook: StartupHook) -> StartupHook:
         """`taskhook rebuild` awaits `hook()` to empty the plugin's derived state first."""

@@ -1,7 +1,7 @@
 """The dispatch queue at the storage level: one head per (source, lane), always the lane's
 earliest pending delivery; per-task order through retries; claims that read only heads; heads
 built for a database migrated from schema 2; and the bounded write queue (503 + Retry-After,
-nothing acked lost) up to uvicorn's own connection limit.
+nothing acked lost); the front door's own limits are tested in test_front_door.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
-import socket
 import sqlite3
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +27,6 @@ from receiver.storage.queue import CLAIM_CANDIDATES
 from receiver.storage.sqlite import sqlite_path
 from receiver.storage.sqlite_schema import MIGRATIONS
 from tests.conftest import BACKENDS, AppFactory, client_for, sample_json, signed
-from tests.test_cli import free_port
-from tests.test_crash import start
 
 
 @pytest.fixture(params=BACKENDS)
@@ -525,41 +520,3 @@ async def test_a_full_write_queue_answers_503_and_loses_nothing(
     assert sorted(r[0] for r in stored) == sorted(ok.values())  # 0 lost, 0 extra
     assert {r.json()["status"] for r in retried} == {"accepted"}
     assert total == burst
-
-
-def test_http_max_concurrency_reaches_uvicorn(tmp_path: Path) -> None:
-    config = tmp_path / "taskhook.toml"
-    config.write_text(
-        "entry_points = false\nhandlers = []\n"
-        f'[database]\nurl = "sqlite:///{tmp_path / "serve.db"}"\n'
-        '[sources.refonte]\nkind = "refonte"\nverify = "none"\n'
-        "[dispatch]\npoll_interval_seconds = 0.1\n"
-        "[http]\nmax_concurrency = 2\n"
-        '[log]\nlevel = "warning"\n'
-    )
-    port = free_port()
-    proc = start(config, port, tmp_path / "serve.log")
-    idle: list[socket.socket] = []
-    try:
-        # Two keep-alive connections that never send a request still count against the cap.
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-        refused = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-        for s in idle:
-            s.close()
-        answered = None
-        for _ in range(100):  # until the server has seen the idle connections close
-            answered = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-            if answered.status_code == 200:
-                break
-            time.sleep(0.05)
-    finally:
-        for s in idle:
-            s.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except Exception:
-            proc.kill()
-            proc.wait(timeout=5)
-    assert (refused.status_code, refused.text) == (503, "Service Unavailable")
-    assert answered is not None and answered.status_code == 200

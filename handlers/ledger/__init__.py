@@ -29,6 +29,13 @@ from receiver.registry import HandlerRegistry
 SNAPSHOT_KINDS = ("refonte", "clarifai", "taskmonk")
 KINDS = (*SNAPSHOT_KINDS, "document-review")
 Apply = Callable[[sqlite3.Connection, DeliveryRecord], list[Event]]
+# Retention keeps the delivery each task was last applied from: `taskhook rebuild` applies
+# it again, and the task API shows what it said. The index makes the pruner's question
+# ("which of these ids are kept?") a lookup per id, not a scan of the ledger per batch.
+RETAINED = "SELECT last_delivery_id FROM ledger_tasks"
+RETAINED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ledger_tasks_last_delivery ON ledger_tasks(last_delivery_id)"
+)
 
 
 def register(registry: HandlerRegistry) -> None:
@@ -37,7 +44,11 @@ def register(registry: HandlerRegistry) -> None:
         raise RegistryError("the ledger needs the app's SQL storage backend")
 
     async def create() -> None:
-        await storage.transact(create_schema)
+        def op(conn: sqlite3.Connection) -> None:
+            create_schema(conn)
+            conn.execute(RETAINED_INDEX)
+
+        await storage.transact(op)
 
     def once(apply: Apply) -> Callable[[DeliveryRecord], Awaitable[list[Event]]]:
         async def interpret(delivery: DeliveryRecord) -> list[Event]:
@@ -82,6 +93,7 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_startup(create)
     registry.on_reset(empty)
+    registry.retain(RETAINED)
     for kind in SNAPSHOT_KINDS:
         registry.interpret(kind, interpret)
     registry.add_routes(build_routes(storage.query, registry.keys))

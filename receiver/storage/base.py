@@ -1,13 +1,15 @@
 """The storage interface. The intake and the dispatcher know only this Protocol.
 
 SQLite fills it (`receiver.storage.sqlite`); a PostgreSQL backend fills the same methods.
-Every method raises `StorageUnavailable` when the database cannot answer.
+Every method raises `StorageUnavailable` when the database cannot answer (read-only, full,
+refusing or losing connections): never a driver's own exception.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from receiver.records import (
     DeliveryOutcome,
@@ -21,6 +23,7 @@ from receiver.records import (
     StoreResult,
 )
 
+T = TypeVar("T")
 CommitObserver = Callable[[int, float], None]
 """Called after each durable commit with (rows in the batch, seconds the commit took)."""
 
@@ -37,6 +40,20 @@ class Storage(Protocol):
 
     async def ping(self) -> None:
         """Raise `StorageUnavailable` unless the database answers a query."""
+
+    async def probe(self) -> None:
+        """Raise `StorageUnavailable` unless the database takes a durable write now: a
+        real one, made at most once a second (`receiver.storage.probe`)."""
+
+    async def installation_key(self) -> bytes:
+        """A random 32-byte key of this database, made once, the same for every replica."""
+
+    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        """Rows of a read-only query in the SQLite dialect (plugins, the pruner)."""
+
+    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` (SQLite-dialect statements over a DB-API-like connection) in a write
+        transaction; on PostgreSQL serialized with every other one (plugins, the pruner)."""
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
         """Durably commit `delivery`, or report the first stored delivery it duplicates.

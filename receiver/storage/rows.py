@@ -1,8 +1,16 @@
-"""Delivery rows as both backends read and write them (column lists and conversions)."""
+"""Delivery rows as both backends read and write them (column lists and conversions).
+
+The stored header block is capped (`header_block`): the HTTP front door already refuses
+oversized headers, but a replay or a reconciliation poller hands over whatever it read, and a
+duplicate receipt keeps its own headers; so no path stores more than the cap. Small header
+values stay whole and the largest are cut to one common length (the bytes that matter, a
+content type or a signature, are rarely the big ones); a marker header says how many bytes
+went.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -20,7 +28,8 @@ from receiver.records import (
 COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
     "sender_delivery_id, key_index, key_fingerprint, attempts, next_attempt_at, last_error, "
-    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled, operator"
+    "last_traceback, duplicate_of, replayed, events_derived, processed_at, reconciled, operator, "
+    "duplicate_count, last_duplicate_at"
 )
 
 INSERT_COLUMNS = (
@@ -33,6 +42,7 @@ INSERT_COLUMNS = (
 def insert_params(
     d: NewDelivery, headers: str, *, duplicate_of: str | None = None
 ) -> tuple[Any, ...]:
+    """Values of INSERT_COLUMNS for `d` (`headers`: its `header_block`)."""
     # A duplicate receipt keeps its own headers and time, not a second copy of the body.
     return (
         d.id, d.source, d.kind, d.received_at, headers,
@@ -73,7 +83,56 @@ def row_to_record(row: Sequence[Any]) -> DeliveryRecord:
         processed_at=row[20],
         reconciled=bool(row[21]),
         operator=row[22],
+        duplicate_count=row[23],
+        last_duplicate_at=row[24],
     )
+
+
+#: Bytes of header names and values one stored delivery keeps (the front door's default
+#: `http.max_header_bytes`: what passed it is never cut).
+MAX_HEADER_BYTES = 16 * 1024
+TRUNCATED = "taskhook-headers-truncated"
+_MARKER_ROOM = len(TRUNCATED) + 40  # the marker header itself: "<n> bytes dropped"
+
+
+def header_block(headers: Mapping[str, str], cap: int = MAX_HEADER_BYTES) -> str:
+    """`headers` as the JSON text stored, within `cap` bytes of names and values."""
+    raw = orjson.dumps(headers)
+    if len(raw) <= cap:  # JSON is never shorter than its names and values: the hot path
+        return raw.decode()
+    sizes = [(k, len(k.encode()), v.encode()) for k, v in headers.items()]
+    total = sum(n + len(v) for _, n, v in sizes)
+    if total <= cap:
+        return raw.decode()
+    return orjson.dumps(_capped(sizes, total, cap)).decode()
+
+
+def _capped(sizes: list[tuple[str, int, bytes]], total: int, cap: int) -> dict[str, str]:
+    budget = max(0, cap - _MARKER_ROOM)
+    kept: list[tuple[str, bytes]] = []
+    names = 0
+    for name, size, value in sizes:  # names first: a header is dropped whole only if even
+        if names + size > budget:  # its name does not fit (thousands of them, replayed)
+            break
+        kept.append((name, value))
+        names += size
+    room = budget - names
+    level = _level(sorted(len(v) for _, v in kept), room)
+    out = {name: value[:level].decode(errors="ignore") for name, value in kept}
+    stored = names + sum(len(v.encode()) for v in out.values())
+    out[TRUNCATED] = f"{total - stored} bytes dropped"
+    return out
+
+
+def _level(lengths: list[int], room: int) -> int:
+    """The largest L with sum(min(length, L)) <= room (`lengths` ascending)."""
+    left = len(lengths)
+    for length in lengths:
+        if length * left > room:
+            return room // left
+        room -= length
+        left -= 1
+    return lengths[-1] if lengths else 0
 
 
 # Operator listings, in the SQLite dialect (the PostgreSQL backend translates them).

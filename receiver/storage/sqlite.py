@@ -1,19 +1,17 @@
 """SQLite storage: WAL, ``synchronous=FULL``, every write group-committed by one `Writer`.
 
 Reads (dispatcher polling, operator API) go through an aiosqlite connection, which WAL lets
-run beside the writer.
+run beside the writer. The write operations themselves are in `receiver.storage.sqlite_ops`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
-import orjson
 
 from receiver.errors import StorageUnavailable
 from receiver.records import (
@@ -28,37 +26,24 @@ from receiver.records import (
     StoreResult,
     new_id,
 )
-from receiver.storage import queue
+from receiver.storage import queue, sqlite_ops
 from receiver.storage.base import CommitObserver
+from receiver.storage.probe import Probe
 from receiver.storage.rows import (
     COLUMNS,
-    INSERT_COLUMNS,
     LOAD_EVENTS,
-    UPSERT_RUNS,
-    insert_params,
+    MAX_HEADER_BYTES,
     list_queries,
     page_of,
     row_to_record,
-    run_rows,
     save_events_in,
     scan_query,
 )
+from receiver.storage.sqlite_ops import store_in
 from receiver.storage.sqlite_schema import migrate
 from receiver.storage.writer import Writer, connect
 
 T = TypeVar("T")
-
-_PLACEHOLDERS = ",".join("?" * (INSERT_COLUMNS.count(",") + 1))
-_INSERT = (
-    f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-    "ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING"
-)
-_INSERT_DUPLICATE = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
-
-_FIND_ORIGINAL = (
-    "SELECT id, status, last_error FROM deliveries "
-    "WHERE source = ? AND dedup_key = ? AND duplicate_of IS NULL"
-)
 
 
 def sqlite_path(url: str) -> str:
@@ -73,97 +58,27 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def store_in(conn: sqlite3.Connection, delivery: NewDelivery) -> StoreResult:
-    """Insert `delivery` (or its duplicate receipt) inside the caller's transaction."""
-    headers = orjson.dumps(delivery.headers).decode()
-    cur = conn.execute(_INSERT, insert_params(delivery, headers))
-    if cur.rowcount == 1:
-        if delivery.status is DeliveryStatus.RECEIVED:
-            lane = delivery.task_id if delivery.task_id is not None else delivery.id
-            assert cur.lastrowid is not None
-            queue.enqueue_in(conn, delivery.source, lane, cur.lastrowid, delivery.received_at)
-        return StoreResult(
-            delivery.id, duplicate=False, status=delivery.status, error=delivery.error
-        )
-    first_id, first_status, first_error = conn.execute(
-        _FIND_ORIGINAL, (delivery.source, delivery.dedup_key)
-    ).fetchone()
-    conn.execute(_INSERT_DUPLICATE, insert_params(delivery, headers, duplicate_of=first_id))
-    return StoreResult(
-        first_id, duplicate=True, status=DeliveryStatus(first_status), error=first_error
-    )
-
-
-def _claim(
-    conn: sqlite3.Connection, *, owner: str, limit: int, now: float, lease_seconds: float
-) -> list[DeliveryRecord]:
-    seqs = [r[0] for r in conn.execute(queue.CLAIM_CANDIDATES, (now, now, owner, limit))]
-    if not seqs:
-        return []
-    conn.executemany(queue.LEASE, [(owner, now + lease_seconds, seq) for seq in seqs])
-    marks = ",".join("?" * len(seqs))  # a claim's limit is far under SQLite's 999 parameters
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM deliveries WHERE seq IN ({marks}) ORDER BY seq", seqs
-    ).fetchall()
-    return [row_to_record(row) for row in rows]
-
-
-def _record_runs(conn: sqlite3.Connection, runs: Sequence[HandlerRun]) -> None:
-    conn.executemany(UPSERT_RUNS, run_rows(runs, time.time()))
-
-
-def _finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> bool:
-    _record_runs(conn, outcome.runs)
-    return queue.finish_in(
-        conn,
-        delivery_id=outcome.delivery_id,
-        owner=owner,
-        status=outcome.status.value,
-        attempts=outcome.attempts,
-        next_attempt_at=outcome.next_attempt_at,
-        error=outcome.error,
-        traceback=outcome.traceback,
-        now=time.time(),
-    )
-
-
-def _requeue(delivery_id: str, now: float, conn: sqlite3.Connection) -> bool:
-    rows = conn.execute(
-        """
-        UPDATE deliveries SET status = 'received', next_attempt_at = ?, attempts = 0,
-               lease_owner = NULL, lease_expires_at = NULL, events_derived =
-               CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END, updated_at = ?
-        WHERE id = ? AND status IN ('failed', 'dead', 'quarantined')
-        RETURNING seq, source, COALESCE(task_id, id)
-        """,
-        (now, now, delivery_id),
-    ).fetchall()
-    if not rows:
-        return False
-    seq, source, lane = rows[0]
-    queue.requeue_in(conn, seq, source, lane, now)
-    return True
-
-
-def _beat(
-    conn: sqlite3.Connection, beat: tuple[str, str, int, float], lease_until: float
-) -> set[int]:
-    owner, host, pid, now = beat
-    conn.execute(queue.BEAT, (owner, host, pid, now, now))
-    return {r[0] for r in conn.execute(queue.RENEW, (lease_until, owner))}
-
-
 class SQLiteStorage:
     """`Storage` over one SQLite file."""
 
     ordered_stores = True  # one writer, its queue in submission order
 
     def __init__(
-        self, url: str, *, on_commit: CommitObserver | None = None, max_queue: int = 10_000
+        self,
+        url: str,
+        *,
+        on_commit: CommitObserver | None = None,
+        max_queue: int = 10_000,
+        max_duplicate_rows: int = 10,
+        max_header_bytes: int = MAX_HEADER_BYTES,
     ) -> None:
         self.path = sqlite_path(url)
         self._writer = Writer(self.path, on_commit=on_commit, max_queue=max_queue)
         self._reader: aiosqlite.Connection | None = None
+        self._max_duplicate_rows = max_duplicate_rows
+        self._max_header_bytes = max_header_bytes
+        self._probe = Probe(self._probe_write)
+        self._key: bytes | None = None
 
     async def open(self) -> None:
         try:
@@ -182,12 +97,13 @@ class SQLiteStorage:
             conn.close()
 
     async def close(self) -> None:
+        self._probe.forget()
         await self._writer.stop()
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
 
-    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         if self._reader is None:
             raise StorageUnavailable("storage is not open")
         try:
@@ -200,17 +116,36 @@ class SQLiteStorage:
         """Run `op` inside a group-committed write transaction (for plugins' own tables)."""
         return await self._writer.run(op)
 
-    async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """Rows of a read-only query on the reader connection."""
         return await self._read(sql, params)
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
 
+    async def probe(self) -> None:
+        await self._probe()
+
+    async def _probe_write(self) -> None:
+        if self._reader is None:
+            raise StorageUnavailable("storage is not open")
+        await self._writer.submit(sqlite_ops.probe, alone=True)
+
+    async def installation_key(self) -> bytes:
+        if self._key is None:
+            rows = await self._read(sqlite_ops.READ_KEY, (sqlite_ops.KEY,))
+            self._key = (
+                bytes(rows[0][0]) if rows else await self._writer.run(sqlite_ops.installation_key)
+            )
+        return self._key
+
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
+        rows, cap = self._max_duplicate_rows, self._max_header_bytes
         # Not isolated: store_in only fails as the database fails, which fails the batch anyway.
         result: StoreResult = await self._writer.submit(
-            lambda conn: store_in(conn, delivery), isolated=False, bounded=True
+            lambda conn: store_in(conn, delivery, max_duplicate_rows=rows, max_header_bytes=cap),
+            isolated=False,
+            bounded=True,
         )
         return result
 
@@ -218,7 +153,7 @@ class SQLiteStorage:
         self, *, owner: str, limit: int, now: float, lease_seconds: float
     ) -> list[DeliveryRecord]:
         return await self._writer.run(
-            lambda conn: _claim(
+            lambda conn: sqlite_ops.claim(
                 conn, owner=owner, limit=limit, now=now, lease_seconds=lease_seconds
             )
         )
@@ -242,11 +177,11 @@ class SQLiteStorage:
         return {(row[0], row[1]) for row in rows}
 
     async def finish(self, outcome: DeliveryOutcome, *, owner: str) -> bool:
-        done: bool = await self._writer.run(lambda conn: _finish(outcome, owner, conn))
+        done: bool = await self._writer.run(lambda conn: sqlite_ops.finish(outcome, owner, conn))
         return done
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
-        await self._writer.run(lambda conn: _record_runs(conn, runs))
+        await self._writer.run(lambda conn: sqlite_ops.record_runs(conn, runs))
 
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         if ids is None:
@@ -261,7 +196,7 @@ class SQLiteStorage:
     ) -> set[int]:
         beat = (owner, host, pid, now)
         renewed: set[int] = await self._writer.run(
-            lambda conn: _beat(conn, beat, now + lease_seconds)
+            lambda conn: sqlite_ops.beat(conn, beat, now + lease_seconds)
         )
         return renewed
 
@@ -321,7 +256,7 @@ class SQLiteStorage:
         return [row[0] for row in rows]
 
     async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
-        changed = await self._writer.run(lambda conn: _requeue(delivery_id, now, conn))
+        changed = await self._writer.run(lambda conn: sqlite_ops.requeue(delivery_id, now, conn))
         if changed:
             return True
         return None if await self.get_delivery(delivery_id) is None else False

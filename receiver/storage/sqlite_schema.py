@@ -112,6 +112,36 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at REAL NOT NULL
     );
     """,
+    # 4: bounded growth and truthful readiness. A duplicate receipt is counted on its original
+    # (rows of its own only up to `retention.max_duplicate_rows`, `duplicate_rows` of them
+    # kept now); the pruner finds bodies it may remove, and old duplicate rows, through
+    # partial indexes that a new pending delivery (the intake's insert) never enters; /readyz
+    # writes the one-row probe table; the installation's own values (its random key) live in
+    # taskhook_meta.
+    """
+    ALTER TABLE deliveries ADD COLUMN duplicate_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN last_duplicate_at REAL;
+    ALTER TABLE deliveries ADD COLUMN duplicate_rows INTEGER NOT NULL DEFAULT 0;
+    UPDATE deliveries SET duplicate_count = agg.n, duplicate_rows = agg.n,
+           last_duplicate_at = agg.last
+    FROM (SELECT duplicate_of AS original, count(*) AS n, max(received_at) AS last
+          FROM deliveries WHERE duplicate_of IS NOT NULL GROUP BY duplicate_of) AS agg
+    WHERE deliveries.id = agg.original;
+    CREATE INDEX deliveries_prunable ON deliveries(status, updated_at, seq)
+        WHERE body IS NOT NULL AND status IN ('processed', 'dead', 'quarantined');
+    CREATE INDEX deliveries_duplicates ON deliveries(status, received_at, seq)
+        WHERE status = 'duplicate';
+    CREATE TABLE taskhook_probe (
+        id        INTEGER PRIMARY KEY,
+        probed_at REAL NOT NULL,
+        room      BLOB
+    );
+    INSERT INTO taskhook_probe (id, probed_at) VALUES (1, 0);
+    CREATE TABLE taskhook_meta (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
 )
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from receiver.records import DeliveryRecord, NewDelivery
 from receiver.storage.queue import enqueue_in
-from receiver.storage.rows import COLUMNS, INSERT_COLUMNS, insert_params, row_to_record
+from receiver.storage.rows import (
+    COLUMNS,
+    INSERT_COLUMNS,
+    header_block,
+    insert_params,
+    row_to_record,
+)
 
 _MARKS = ",".join("?" * (INSERT_COLUMNS.count(",") + 1))
 _INSERT = f"INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_MARKS}) RETURNING {COLUMNS}"
@@ -26,7 +30,7 @@ _UNAPPLIED = f"""
 def store_in(conn: Any, delivery: NewDelivery) -> DeliveryRecord:
     """Store `delivery` in the caller's transaction (a plugin's `transact` op, either
     backend) and queue it in its task's lane."""
-    rows = conn.execute(_INSERT, insert_params(delivery, orjson.dumps(delivery.headers).decode()))
+    rows = conn.execute(_INSERT, insert_params(delivery, header_block(delivery.headers)))
     record = row_to_record(rows.fetchall()[0])
     enqueue_in(conn, record.source, record.lane, record.seq, record.received_at)
     return record

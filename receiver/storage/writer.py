@@ -28,7 +28,7 @@ from receiver.errors import StorageBusy, StorageUnavailable, contain
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-_Item = tuple[Op, "asyncio.Future[Any]", bool]
+_Item = tuple[Op, "asyncio.Future[Any]", bool, bool]  # op, future, isolated, alone
 
 
 def connect(path: str, *, timeout: float = 2.0) -> sqlite3.Connection:
@@ -64,6 +64,7 @@ class Writer:
         self.lock_timeout = lock_timeout
         self._on_commit = on_commit
         self._pending: list[_Item] = []
+        self._alone = 0  # ops queued that commit in a transaction of their own
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -100,7 +101,7 @@ class Writer:
             self._conn = None
 
     def submit(
-        self, op: Op, *, isolated: bool = True, bounded: bool = False
+        self, op: Op, *, isolated: bool = True, bounded: bool = False, alone: bool = False
     ) -> asyncio.Future[Any]:
         """Queue `op`; the future resolves after the transaction holding it has committed.
 
@@ -108,14 +109,17 @@ class Writer:
         an op that cannot fail halfway (the intake's insert) may skip it on the hot path.
         `bounded` ops (new deliveries) are refused with `StorageBusy` while `max_queue` ops
         wait: a sender is told to come back rather than the queue growing without end. The
-        dispatcher's own ops are bounded by its concurrency and always queue.
+        dispatcher's own ops are bounded by its concurrency and always queue. An op `alone`
+        (the readiness probe) commits in a transaction of its own: the database's failure on
+        it (a full disk) is its answer only, never its neighbours'.
         """
         if self._loop is None or self._wake is None or self._stopping:
             raise StorageUnavailable("storage is not open")
         if bounded and len(self._pending) >= self._max_queue:
             raise StorageBusy(f"{len(self._pending)} writes queued; retry shortly")
         fut = self._loop.create_future()
-        self._pending.append((op, fut, isolated))
+        self._pending.append((op, fut, isolated, alone))
+        self._alone += alone
         self._wake.set()
         return fut
 
@@ -129,11 +133,20 @@ class Writer:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                await self._execute(batch)
+                await self._execute(self._next_batch())
             if self._stopping:
                 return
+
+    def _next_batch(self) -> list[_Item]:
+        pending = self._pending
+        end = min(len(pending), self._max_batch)
+        if self._alone:  # rare (at most one probe a second): only then look at each item
+            # An op alone heads its own batch; a batch ends before the next one.
+            end = 1 if pending[0][3] else next((i for i in range(end) if pending[i][3]), end)
+            self._alone -= sum(item[3] for item in pending[:end])
+        batch = pending[:end]
+        del pending[:end]
+        return batch
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self.lock_timeout
@@ -160,7 +173,7 @@ class Writer:
         try:
             await self._begin(conn)
             try:
-                for op, fut, isolated in batch:
+                for op, fut, isolated, _ in batch:
                     if not isolated:
                         settled.append((fut, op(conn), None))
                         continue
@@ -193,7 +206,7 @@ class Writer:
                 if isinstance(exc, sqlite3.Error)
                 else exc
             )
-            settled = [(fut, None, error) for _, fut, _ in batch]
+            settled = [(fut, None, error) for _, fut, _, _ in batch]
         if committed and self._on_commit is not None:
             self._on_commit(len(batch), time.perf_counter() - started)
         for fut, result, failure in settled:
