@@ -38,8 +38,6 @@ by configuration may be in any case.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import functools
 import hashlib
@@ -47,9 +45,21 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from receiver.errors import VerificationError
+from receiver.signing import (
+    Scheme,
+    b64decode,
+    header_name,
+    hmac_sha256,
+    sign,
+    sign_header_token,
+    sign_hmac_sha256,
+    sign_standard_webhooks,
+    standard_webhooks_key,
+    standard_webhooks_key_size,
+    utf8,
+)
 
 __all__ = [
     "MAX_CREDENTIAL_HEADER",
@@ -69,7 +79,6 @@ __all__ = [
     "verify_standard_webhooks",
 ]
 
-Scheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
 
 _SHA256_SIZE = hashlib.sha256().digest_size
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -77,7 +86,6 @@ _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # bounded so a huge value cannot cost a slow conversion.
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _SEPARATORS = re.compile(r"[,\s]+")
-_WHSEC_PREFIX = "whsec_"
 _SW_ID = ("webhook-id", "svix-id")
 _SW_TIMESTAMP = ("webhook-timestamp", "svix-timestamp")
 _SW_SIGNATURE = ("webhook-signature", "svix-signature")
@@ -107,7 +115,7 @@ def fingerprint(secret: str, key: bytes) -> str:
     installation's own: whoever reads a record but not the key cannot test a guessed secret
     against its fingerprint.
     """
-    return "hmac-sha256:" + _hmac(key, _utf8(secret)).hex()[:16]
+    return "hmac-sha256:" + hmac_sha256(key, utf8(secret)).hex()[:16]
 
 
 def precheck(
@@ -131,7 +139,7 @@ def precheck(
         return verify_header_token(b"", headers, secrets, header=header)
     if scheme == "hmac-sha256":
         _require_secrets(secrets)
-        name = _header_name(header)
+        name = header_name(header)
         if not _bounded(headers, name):
             raise VerificationError(f"missing header {name}")
     elif scheme == "standard-webhooks":
@@ -152,7 +160,7 @@ def verify_header_token(
 ) -> Verified:
     """Check a fixed shared key sent in ``header`` against every configured secret."""
     del body  # a bare token does not cover the body
-    name = _header_name(header)
+    name = header_name(header)
     _require_secrets(secrets)
     value = _bounded(headers, name)
     if not value:
@@ -160,7 +168,7 @@ def verify_header_token(
     # Servers hand header bytes over decoded as latin-1, so the token's raw bytes are its
     # latin-1 encoding: a UTF-8 token matches a UTF-8 secret. A caller passing text as it
     # was meant (not as latin-1) is matched by its UTF-8 too.
-    forms = [_utf8(value)]
+    forms = [utf8(value)]
     with contextlib.suppress(UnicodeEncodeError):
         raw = value.encode("latin-1")
         if raw != forms[0]:  # not plain ASCII
@@ -169,7 +177,7 @@ def verify_header_token(
     # Every secret is compared, with no early exit, so response timing does not tell an
     # attacker which key (or how many keys) exist. compare_digest only hides timing per call.
     for index, secret in enumerate(secrets):
-        expected = _utf8(secret)
+        expected = utf8(secret)
         ok = False
         for presented in forms:
             ok |= bool(secret) and hmac.compare_digest(presented, expected)
@@ -189,7 +197,7 @@ def verify_hmac_sha256(
     (any case) or base64 (standard or urlsafe, padding optional) and may carry a ``sha256=``
     prefix. Any signature matching any secret passes.
     """
-    name = _header_name(header)
+    name = header_name(header)
     _require_secrets(secrets)
     value = _bounded(headers, name)
     if not value:
@@ -202,7 +210,7 @@ def verify_hmac_sha256(
     if not presented:
         raise VerificationError(f"malformed signature in header {name}")
     matched = _match(
-        [_hmac(_utf8(secret), body) if secret else None for secret in secrets], presented
+        [hmac_sha256(utf8(secret), body) if secret else None for secret in secrets], presented
     )
     if matched < 0:
         raise VerificationError(f"invalid signature in header {name}")
@@ -244,7 +252,7 @@ def verify_standard_webhooks(
         # alongside v1 during a migration.
         if not sep or version != "v1":
             continue
-        digest = _b64decode(encoded)
+        digest = b64decode(encoded)
         if digest is not None and len(digest) == _SHA256_SIZE:
             presented.append(digest)
     if not presented:
@@ -253,7 +261,7 @@ def verify_standard_webhooks(
     # The reference libraries sign the parsed timestamp, so "0123" is signed as "123".
     content = f"{msg_id}.{timestamp}.".encode() + body
     matched = _match(
-        [_hmac(_standard_webhooks_key(s), content) if s else None for s in secrets], presented
+        [hmac_sha256(standard_webhooks_key(s), content) if s else None for s in secrets], presented
     )
     if matched < 0:
         raise VerificationError("invalid signature in header webhook-signature")
@@ -300,82 +308,7 @@ def verify(
     raise ValueError(f"unknown verification scheme {scheme!r}")
 
 
-# --- signing ----------------------------------------------------------------------------
-
-
-def sign_header_token(secret: str, *, header: str) -> dict[str, str]:
-    """The headers a header-token sender would send: ``{header.lower(): secret}``."""
-    return {_header_name(header): secret}
-
-
-def sign_hmac_sha256(
-    body: bytes, secret: str, *, header: str, encoding: str = "hex", prefix: str = "sha256="
-) -> dict[str, str]:
-    """The headers an hmac-sha256 sender would send. ``encoding`` is ``"hex"`` or ``"base64"``."""
-    digest = _hmac(_utf8(secret), body)
-    if encoding == "hex":
-        encoded = digest.hex()
-    elif encoding == "base64":
-        encoded = base64.b64encode(digest).decode("ascii")
-    else:
-        raise ValueError(f"unknown signature encoding {encoding!r}; expected 'hex' or 'base64'")
-    return {_header_name(header): prefix + encoded}
-
-
-def sign_standard_webhooks(
-    body: bytes, secret: str, *, msg_id: str, timestamp: int
-) -> dict[str, str]:
-    """The ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers for ``body``."""
-    if not msg_id:
-        raise ValueError("standard-webhooks signing needs a non-empty msg_id")
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = _hmac(_standard_webhooks_key(secret), content)
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
-    }
-
-
-def sign(
-    scheme: Scheme,
-    body: bytes,
-    secret: str,
-    *,
-    header: str = "",
-    msg_id: str = "",
-    timestamp: int = 0,
-) -> dict[str, str]:
-    """The headers a sender using ``scheme`` would add (``{}`` for ``none``).
-
-    hmac-sha256 signs as lower-case hex with the ``sha256=`` prefix.
-    """
-    if scheme == "header-token":
-        return sign_header_token(secret, header=header)
-    if scheme == "hmac-sha256":
-        return sign_hmac_sha256(body, secret, header=header)
-    if scheme == "standard-webhooks":
-        return sign_standard_webhooks(body, secret, msg_id=msg_id, timestamp=timestamp)
-    if scheme == "none":
-        return {}
-    raise ValueError(f"unknown verification scheme {scheme!r}")
-
-
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _utf8(text: str) -> bytes:
-    # surrogatepass: a secret read from a badly encoded environment must fail to match,
-    # not crash the request with UnicodeEncodeError.
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _header_name(header: str) -> str:
-    name = header.strip().lower()
-    if not name:
-        # A configuration mistake, so not a VerificationError (which would blame the sender).
-        raise ValueError("a header name is required for this scheme")
-    return name
 
 
 def _require_secrets(secrets: Sequence[str]) -> None:
@@ -418,10 +351,6 @@ def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
     raise VerificationError(f"missing header {names[0]}")
 
 
-def _hmac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
-
-
 def _match(expected: Sequence[bytes | None], presented: Sequence[bytes]) -> int:
     """Index of the first expected digest equal to any presented one, else -1.
 
@@ -439,46 +368,13 @@ def _match(expected: Sequence[bytes | None], presented: Sequence[bytes]) -> int:
     return matched
 
 
-def _b64decode(text: str, *, urlsafe: bool = True) -> bytes | None:
-    """Decode base64 with optional padding (and the urlsafe alphabet if asked); ``None`` if
-    ``text`` is not base64."""
-    text = text.rstrip("=")
-    if len(text) % 4 == 1:
-        return None
-    if urlsafe:
-        text = text.replace("-", "+").replace("_", "/")
-    padded = text + "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
 def _decode_hmac_token(token: str) -> bytes | None:
     if token[:7].lower() == "sha256=":
         token = token[7:]
     # Hex first: 64 hex chars are also valid base64 (of 48 bytes), never the other way round.
     if _HEX_SHA256.fullmatch(token):
         return bytes.fromhex(token)
-    digest = _b64decode(token) if token else None
+    digest = b64decode(token) if token else None
     if digest is None or len(digest) != _SHA256_SIZE:
         return None
     return digest
-
-
-def standard_webhooks_key_size(secret: str) -> int:
-    """Bytes of HMAC key a Standard Webhooks secret yields (configuration checks it)."""
-    return len(_standard_webhooks_key(secret))
-
-
-def _standard_webhooks_key(secret: str) -> bytes:
-    """The HMAC key for a Standard Webhooks secret.
-
-    ``whsec_<base64>`` is the documented form; an unprefixed secret is tried as base64 too
-    because senders' dashboards often show it without the prefix. A secret that is not
-    base64 at all is used as its utf-8 bytes so a plain shared password still works.
-    """
-    encoded = secret.removeprefix(_WHSEC_PREFIX)
-    # Standard alphabet only: a password like "my-pass_word" is meant as text, not urlsafe base64.
-    key = _b64decode(encoded, urlsafe=False) if encoded else None
-    return key if key else _utf8(secret)
