@@ -105,10 +105,10 @@ class DispatchSettings(StrictModel):
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     takeover_seconds: float = Field(default=8.0, gt=0)
     # One handler run's limit, and how many runs of one handler may be going at once (a
-    # handler's own `timeout=` / `concurrency=` wins); threads for synchronous handlers.
+    # handler's own `timeout=` / `concurrency=` wins): a synchronous handler's runs each
+    # have a thread of their own, so this also bounds its threads.
     handler_timeout_seconds: float = Field(default=30.0, gt=0)
     handler_concurrency: int = Field(default=8, ge=1)
-    sync_threads: int = Field(default=16, ge=1)
     enabled: bool = True
 
     @model_validator(mode="after")

@@ -1,7 +1,10 @@
 """One handler on one event, isolated: whatever the handler does, the process keeps serving.
 
-- Synchronous handlers run on a bounded thread pool, never on the event loop, so one that
-  blocks (``time.sleep``, a slow client library) cannot stall the intake.
+- Synchronous handlers run on threads of their own, never on the event loop, so one that
+  blocks (``time.sleep``, a slow client library) cannot stall the intake. A run's thread is
+  bounded by the handler's slots (below), not drawn from a pool shared with other handlers,
+  and is a daemon: a thread stuck for good neither starves other handlers nor keeps the
+  process from exiting.
 - Every run has a deadline (the handler's own ``timeout=``, else ``handler_timeout_seconds``).
   An async run is its own task, so one that swallows its cancellation is abandoned at the
   deadline rather than awaited; a thread cannot be stopped at all. Either way the run is
@@ -19,12 +22,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
+import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -58,6 +62,15 @@ def ours_cancelled() -> bool:
     """Is the running task itself being cancelled (not merely seeing a CancelledError)?"""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return  # cut at its deadline: nobody waits for this run any more
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class _Run:
@@ -94,16 +107,12 @@ class HandlerRunner:
         self._settings = settings
         self._metrics = metrics
         self._error_hooks = error_hooks
-        self._threads: ThreadPoolExecutor | None = None  # made at the first sync run
         self._slots: dict[str, asyncio.Semaphore] = {}
         #: Runs cut at their deadline that have not ended yet, by handler.
         self.abandoned: dict[str, int] = {}
 
     def close(self) -> None:
-        # Threads still running an abandoned handler cannot be stopped; do not wait for them.
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=False, cancel_futures=True)
+        """Nothing to stop: an abandoned run's daemon thread ends with the process."""
 
     def _slot(self, handler: RegisteredHandler) -> asyncio.Semaphore:
         slot = self._slots.get(handler.name)
@@ -174,16 +183,23 @@ class HandlerRunner:
 
     async def _in_thread(self, func: Callable[[Event], Any], event: Event, run: _Run) -> Any:
         loop = asyncio.get_running_loop()
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self._settings.sync_threads, thread_name_prefix="taskhook-handler"
-            )
+        future: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()  # the thread logs with the delivery's ids bound
-        future = self._threads.submit(context.run, func, event)
-        # The run has not ended while its thread runs, however long after the deadline.
+
+        def work() -> None:
+            outcome: tuple[Any, BaseException | None]
+            try:
+                outcome = (context.run(func, event), None)
+            except BaseException as exc:  # the handler's, whatever it is: reported, not raised
+                outcome = (None, exc)
+            # The run has not ended while its thread runs, however long after the deadline.
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+                loop.call_soon_threadsafe(run.part_ended)
+
         run.parts += 1
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(run.part_ended))
-        return await asyncio.wrap_future(future)
+        threading.Thread(target=work, name="taskhook-handler", daemon=True).start()
+        return await future
 
     async def _failed(
         self, handler: RegisteredHandler, event: Event, exc: BaseException

@@ -51,12 +51,8 @@ from receiver.storage import Storage
 
 log = structlog.get_logger("taskhook.intake")
 
-_BUSY = orjson.dumps(
-    {"error": "receiver busy: too many deliveries waiting to be stored, retry shortly"}
-)
-_OVER_BUDGET = orjson.dumps(
-    {"error": "receiver busy: too many unverified bodies in flight, retry shortly"}
-)
+_BUSY = orjson.dumps({"error": "receiver busy: too many deliveries waiting, retry shortly"})
+_OVER_BUDGET = orjson.dumps({"error": "receiver busy: too many unverified bodies, retry shortly"})
 _RETRY_SOON = (_BUSY, _OVER_BUDGET)
 
 PREFIX = "/callbacks/"
@@ -207,7 +203,7 @@ class Intake:
                 raw = await read_body(receive, limit, held)
             if coding is None:
                 return (*await self.accept(source, raw, headers, verified=verified), False)
-            return (*await self._decoded(source, raw, coding, headers, verified), False)
+            return (*await self._decoded(source, raw, coding, headers, verified, held), False)
         except BodyTooLarge:
             return (*self._refuse_large(source, limit), True)
         except OverBudget:
@@ -230,18 +226,22 @@ class Intake:
         coding: str,
         headers: dict[str, str],
         verified: verify.Verified | None,
+        held: Held,
     ) -> tuple[int, bytes]:
-        """A compressed delivery, inflated within the limit, then accepted as its payload."""
+        """A compressed delivery, inflated within the limit (off the loop, and held in the
+        unverified budget, while not verified), then accepted as the payload it carries."""
         limit = source.settings.max_body_bytes
-        # Stored and replayed as the payload it carries, so the encoding header is renamed.
         headers = {k: v for k, v in headers.items() if k != "content-encoding"}
         headers["x-original-content-encoding"] = coding
         try:
-            body = decode_content(raw, coding, limit)
+            if verified is None:
+                body = await asyncio.to_thread(decode_content, raw, coding, limit)
+                held.take(len(body))
+            else:
+                body = decode_content(raw, coding, limit)
         except CorruptEncoding as exc:
             if verified is None:  # nothing proves who sent it: refuse, store nothing
                 return _json(400, {"error": "unreadable body", "reason": str(exc)})
-            # Authenticated: kept, quarantined with the reason, like any unreadable body.
             return await self.accept(source, raw, headers, verified=verified, unreadable=str(exc))
         return await self.accept(source, body, headers, verified=verified, alternate=raw)
 

@@ -30,6 +30,16 @@ from receiver.storage import Storage
 log = structlog.get_logger("taskhook.dispatch")
 
 
+def host_identity() -> str:
+    """This host as pids mean something on it: the host name and the pid namespace (two
+    containers sharing a host name do not see each other's pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/pid:{namespace}"
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -53,7 +63,7 @@ class Liveness:
         self._settings = settings
         self.owner = owner
         self._clock = clock
-        self.host = socket.gethostname()
+        self.host = host_identity()
         self.pid = os.getpid()
         self._last_ok: float | None = None  # monotonic time of the last successful beat
         self._lock = asyncio.Lock()
@@ -107,7 +117,7 @@ class Liveness:
         dead = self.dead(await self._storage.owners(), now)
         if not dead:
             return
-        released = await self._storage.release_owners([o.owner for o in dead])
+        released = await self._storage.release_owners(dead)
         for o in dead:
             log.warning(
                 "took over a silent dispatcher's claims",

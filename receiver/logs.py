@@ -40,9 +40,8 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if not use_console:
-        processors.append(structlog.processors.format_exc_info)
-    processors += [Redactor(secrets), renderer]
+    # Tracebacks become text before the redactor, so a secret in one is scrubbed too.
+    processors += [structlog.processors.format_exc_info, Redactor(secrets), renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -38,6 +38,8 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values = {s for s in secrets if s}
+        # Header bytes reach us decoded as latin-1: a UTF-8 secret arrives as that text.
+        values |= {s.encode("utf-8", "surrogatepass").decode("latin-1") for s in values}
         self._exact = frozenset(values)
         # Longest first, so a secret that contains another is replaced whole.
         self._inner = tuple(sorted((s for s in values if len(s) >= MIN_SUBSTRING), key=len))[::-1]
@@ -48,11 +50,17 @@ class Redactor:
     def headers(
         self, headers: Mapping[str, str], *, by_name: frozenset[str] = frozenset()
     ) -> dict[str, str]:
-        """A copy of `headers` with named headers and any carrying a secret redacted."""
-        return {
-            name: REDACTED if name in by_name or self.contains_secret(value) else value
-            for name, value in headers.items()
-        }
+        """A copy of `headers` with named headers and any carrying a secret redacted (in its
+        value, or in its name: that header is dropped for a redacted one)."""
+        out: dict[str, str] = {}
+        for name, value in headers.items():
+            if self.contains_secret(name):
+                out[f"x-redacted-header-{len(out)}"] = REDACTED
+            elif name in by_name or self.contains_secret(value):
+                out[name] = REDACTED
+            else:
+                out[name] = value
+        return out
 
     def text(self, value: str) -> str:
         if value in self._exact:

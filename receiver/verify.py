@@ -144,7 +144,8 @@ def precheck(
             raise VerificationError(f"missing header {name}")
     elif scheme == "standard-webhooks":
         _require_secrets(secrets)
-        _bounded(headers, *_SW_SIGNATURE)
+        if not _bounded(headers, *_SW_SIGNATURE):
+            raise VerificationError("missing header webhook-signature")
         if len(_first_header(headers, _SW_ID)) > _MAX_SW_ID:
             raise VerificationError("header webhook-id too long")
         if check_timestamp:

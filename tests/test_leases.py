@@ -358,7 +358,7 @@ class FailingBeats:
     async def owners(self) -> list[Owner]:
         return []
 
-    async def release_owners(self, owners: Sequence[str]) -> int:
+    async def release_owners(self, owners: Sequence[Owner]) -> int:
         return 0
 
 
@@ -439,7 +439,8 @@ async def test_a_claim_never_returns_what_the_same_owner_holds(build_app: AppFac
         assert "b" in {o.owner for o in await storage.owners()}
         # While b holds them, nobody else gets them.
         assert await storage.claim_ready(owner="c", limit=10, now=t + 20, lease_seconds=60) == []
-        released = await storage.release_owners(["b"])
+        seen = [o for o in await storage.owners() if o.owner == "b"]
+        released = await storage.release_owners(seen)
         freed = await storage.claim_ready(owner="c", limit=10, now=t + 20, lease_seconds=60)
         owners = {o.owner for o in await storage.owners()}
     print(
@@ -519,3 +520,29 @@ async def test_a_silent_owner_on_another_host_is_taken_over_within_10s(
     assert moved is not None and moved <= RESUME_WITHIN + 0.5  # + the poll of this loop
     assert done is not None and done <= RESUME_WITHIN + 1.0
     assert sorted(runs.values()) == [1, 1, 1, 1]
+
+
+async def test_an_owner_that_beats_again_before_its_takeover_keeps_its_claims(
+    build_app: AppFactory,
+) -> None:
+    """The takeover is a compare-and-swap on the heartbeat it saw: a stalled owner that beats
+    between being seen silent and being taken over keeps its row and its leases."""
+    app = build_app()
+    async with app.started(), client_for(app) as client:
+        response = await client.post("/callbacks/refonte", content=snapshot("cas", 1),
+                                     headers=signed())  # fmt: skip
+        assert response.status_code == 200
+        storage = app.storage
+        t = time.time()
+        [held] = await storage.claim_ready(owner="a", limit=10, now=t, lease_seconds=60)
+        await storage.heartbeat("a", host="h", pid=1, now=t, lease_seconds=60)
+        seen = [o for o in await storage.owners() if o.owner == "a"]  # seen silent ...
+        await storage.heartbeat("a", host="h", pid=1, now=t + 1, lease_seconds=60)  # ... beats
+        assert await storage.release_owners(seen) == 0
+        assert "a" in {o.owner for o in await storage.owners()}
+        assert await storage.heartbeat("a", host="h", pid=1, now=t + 2, lease_seconds=60) == {
+            held.seq
+        }
+        # Seen as it is now, it is taken over.
+        now_seen = [o for o in await storage.owners() if o.owner == "a"]
+        assert await storage.release_owners(now_seen) == 1

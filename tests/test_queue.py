@@ -21,7 +21,14 @@ import asyncpg
 import httpx
 import pytest
 
-from receiver.records import DeliveryOutcome, DeliveryRecord, DeliveryStatus, NewDelivery, new_id
+from receiver.records import (
+    DeliveryOutcome,
+    DeliveryRecord,
+    DeliveryStatus,
+    HandlerRun,
+    NewDelivery,
+    new_id,
+)
 from receiver.storage import Storage, open_storage
 from receiver.storage.queue import CLAIM_CANDIDATES
 from receiver.storage.sqlite import sqlite_path
@@ -520,3 +527,28 @@ async def test_a_full_write_queue_answers_503_and_loses_nothing(
     assert sorted(r[0] for r in stored) == sorted(ok.values())  # 0 lost, 0 extra
     assert {r.json()["status"] for r in retried} == {"accepted"}
     assert total == burst
+
+
+async def test_a_delivery_in_flight_cannot_be_requeued(storage: Storage) -> None:
+    """A failed delivery being retried right now (its head leased) is not made due again
+    under its owner: that would let a second process run it at the same time."""
+    stored = (await storage.store_delivery(delivery("a"))).delivery_id
+    [first] = await storage.claim_ready(owner="w", limit=10, now=T0, lease_seconds=LEASE)
+    assert await storage.finish(outcome(first, DeliveryStatus.FAILED, T0 + 1), owner="w")
+    [again] = await storage.claim_ready(owner="x", limit=10, now=T0 + 2, lease_seconds=LEASE)
+    assert again.id == stored
+    assert await storage.requeue(stored, now=T0 + 3) is False  # in flight: refused
+    # Nobody else can claim it while x runs it, and x's finish still counts.
+    assert await storage.claim_ready(owner="y", limit=10, now=T0 + 4, lease_seconds=LEASE) == []
+    assert await storage.finish(outcome(again, DeliveryStatus.PROCESSED), owner="x")
+    assert await violations(storage) == []
+
+
+async def test_a_late_failure_never_undoes_a_success(storage: Storage) -> None:
+    """A stale attempt's runs are recorded, but a handler already recorded as succeeded on
+    an event stays so: it is not run a second time."""
+    ok = HandlerRun("evt_1", "h", "dlv_x", ok=True)
+    late = HandlerRun("evt_1", "h", "dlv_x", ok=False, error="timed out", traceback="tb")
+    await storage.record_runs([ok])
+    await storage.record_runs([late])
+    assert await storage.succeeded_runs(["evt_1"]) == {("evt_1", "h")}

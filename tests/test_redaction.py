@@ -48,3 +48,16 @@ def test_log_lines_are_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
     assert "super-secret-key" not in json.dumps(line)
     assert line["url"] == f"postgresql://u:{REDACTED}@h/db"
     assert line["note"] == "nothing here"
+
+
+def test_utf8_secrets_are_redacted_as_servers_hand_them_over() -> None:
+    secret = "clé-secrète-123"
+    as_received = secret.encode().decode("latin-1")  # header bytes decoded as latin-1
+    out = Redactor([secret]).headers({"x-other": f"token {as_received}", "x-fine": "ok"})
+    assert out == {"x-other": REDACTED, "x-fine": "ok"}
+
+
+def test_a_secret_sent_as_a_header_name_is_not_stored() -> None:
+    out = Redactor(["name-secret-1"]).headers({"name-secret-1": "x", "x-fine": "ok"})
+    assert "name-secret-1" not in json.dumps(out)
+    assert REDACTED in out.values() and out["x-fine"] == "ok"

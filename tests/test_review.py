@@ -126,3 +126,16 @@ async def test_a_bad_callback_is_quarantined_naming_the_field(build_app: AppFact
         response = await client.post("/callbacks/docs", json={"task_id": "x", "status": "DONE"})
     assert response.status_code == 400
     assert "status" in response.json()["reason"]
+
+
+async def test_a_reason_that_is_not_text_is_a_clear_400(build_app: AppFactory) -> None:
+    app = review_app(build_app)
+    async with app.started(), client_for(app) as client:
+        await callback(client, "doc-1", "REVIEWING")
+        await app.dispatcher.drain()
+        single = await client.post("/v1/task/doc-1/report", json={"reason": 123},
+                                   headers=AUTH_EDIT)  # fmt: skip
+        batch = await client.post("/v1/tasks/report", json={"task_ids": ["doc-1"],
+                                  "reason": ["x"]}, headers=AUTH_EDIT)  # fmt: skip
+    assert (single.status_code, single.json()["error"]) == (400, "body: reason must be a string")
+    assert batch.status_code == 400

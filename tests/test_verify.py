@@ -826,3 +826,9 @@ def test_a_utf8_token_matches_as_servers_hand_it_over() -> None:
     assert verify_header_token(b"", {"t": token}, [token], header="t").key_index == 0
     with pytest.raises(VerificationError):
         verify_header_token(b"", {"t": "passwort"}, [token], header="t")
+
+
+def test_precheck_requires_the_standard_webhooks_signature() -> None:
+    headers = {k: v for k, v in sw_headers().items() if k != "webhook-signature"}
+    with pytest.raises(VerificationError, match="missing header webhook-signature"):
+        precheck("standard-webhooks", headers, [SW_SECRET], now=SW_TIMESTAMP)

@@ -49,9 +49,12 @@ def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
         if action is None:
             return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 404)
         try:
-            return who, action, await _body(request)
+            body = await _body(request)
         except ValueError as exc:
             return JSONResponse({"error": f"body: {exc}"}, status_code=400)
+        if not isinstance(body.get("reason", ""), str | None):
+            return JSONResponse({"error": "body: reason must be a string"}, status_code=400)
+        return who, action, body
 
     async def single(request: Request) -> Response:
         prepared = await prepare(request)

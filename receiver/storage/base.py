@@ -100,8 +100,9 @@ class Storage(Protocol):
     async def owners(self) -> list[Owner]:
         """Every dispatching process that has beaten and not retired."""
 
-    async def release_owners(self, owners: Sequence[str]) -> int:
-        """Free every lease of `owners` (found dead) and forget them; how many were freed."""
+    async def release_owners(self, owners: Sequence[Owner]) -> int:
+        """Free every lease of `owners` (found dead) and forget them, each only if it has not
+        beaten since it was read (a compare-and-swap on its heartbeat); how many were freed."""
 
     async def retire(self, owner: str) -> None:
         """`owner` stops dispatching (its leases are released separately)."""

@@ -284,13 +284,13 @@ class PostgresStorage:
             rows = await conn.fetch(pg.Queue.owners)
         return [Owner(*row) for row in rows]
 
-    async def release_owners(self, owners: Sequence[str]) -> int:
+    async def release_owners(self, owners: Sequence[Owner]) -> int:
         released = 0
         async with self._conn() as conn, conn.transaction():
-            for owner in owners:
-                status = await conn.execute(pg.Queue.release, owner)
-                released += int(status.rsplit(" ", 1)[-1])
-                await conn.execute(pg.Queue.retire, owner)
+            for owner in owners:  # as `queue.release_owners_in`
+                if await conn.fetchval(pg.Queue.retire_if_silent, owner.owner, owner.heartbeat_at):
+                    status = await conn.execute(pg.Queue.release, owner.owner)
+                    released += int(status.rsplit(" ", 1)[-1])
         return released
 
     async def retire(self, owner: str) -> None:
@@ -345,7 +345,7 @@ class PostgresStorage:
 
     async def requeue(self, delivery_id: str, *, now: float) -> bool | None:
         async with self._conn() as conn, conn.transaction():
-            row = await conn.fetchrow(pg.REQUEUE, now, delivery_id)
+            row = await conn.fetchrow(pg.REQUEUE, now, now, delivery_id)
             if row is not None:
                 seq, source, lane = row
                 await conn.execute(pg.Queue.requeue, source, lane, seq, now)

@@ -104,16 +104,8 @@ CLAIM = f"""
     )
     SELECT {COLUMNS} FROM deliveries WHERE seq IN (SELECT seq FROM leased) ORDER BY seq
 """
-FINISH = to_postgres(queue.FINISH).sql
-# Not a delivery whose body retention removed: there would be nothing to run.
-REQUEUE = """
-    UPDATE deliveries SET status = 'received', next_attempt_at = $1, attempts = 0,
-           lease_owner = NULL, lease_expires_at = NULL, events_derived =
-           CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END,
-           updated_at = $1
-    WHERE id = $2 AND status IN ('failed', 'dead', 'quarantined') AND body IS NOT NULL
-    RETURNING seq, source, COALESCE(task_id, id)
-"""
+FINISH = to_postgres(queue.FINISH_TEMPLATE.format(lock="FOR UPDATE")).sql
+REQUEUE = to_postgres(queue.REQUEUE_DELIVERY).sql
 GET = f"SELECT {COLUMNS} FROM deliveries WHERE id = $1"
 DEAD = "SELECT id FROM deliveries WHERE status = 'dead' ORDER BY seq"
 SUCCEEDED = (
@@ -151,3 +143,4 @@ class Queue:
     owners = to_postgres(queue.OWNERS).sql
     release = to_postgres(queue.RELEASE).sql
     retire = to_postgres(queue.RETIRE).sql
+    retire_if_silent = to_postgres(queue.RETIRE_IF_SILENT).sql

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from receiver.records import Owner
+
 ENQUEUE = (
     "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) VALUES (?,?,?,?) "
     "ON CONFLICT (source, lane) DO UPDATE SET seq = dispatch_heads.seq WHERE 1 = 0"
@@ -42,26 +44,38 @@ REQUEUE = (
     "INSERT INTO dispatch_heads (source, lane, seq, next_attempt_at) VALUES (?,?,?,?) "
     "ON CONFLICT (source, lane) DO UPDATE SET seq = excluded.seq, "
     "next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, lease_expires_at = NULL "
-    "WHERE (dispatch_heads.seq > excluded.seq AND dispatch_heads.lease_owner IS NULL) "
-    "OR dispatch_heads.seq = excluded.seq"
+    "WHERE dispatch_heads.lease_owner IS NULL AND dispatch_heads.seq >= excluded.seq"
 )
+# A delivery due again (`requeue`): never one whose attempt is in flight (its head leased),
+# and not one whose body retention removed (nothing to run).
+REQUEUE_DELIVERY = """
+    UPDATE deliveries SET status = 'received', next_attempt_at = ?, attempts = 0,
+           lease_owner = NULL, lease_expires_at = NULL, events_derived =
+           CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END, updated_at = ?
+    WHERE id = ? AND status IN ('failed', 'dead', 'quarantined') AND body IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM dispatch_heads AS h
+                      WHERE h.seq = deliveries.seq AND h.lease_owner IS NOT NULL)
+    RETURNING seq, source, COALESCE(task_id, id)
+"""
 RETRY_LATER = (
     "UPDATE dispatch_heads SET next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL "
     "WHERE seq = ?"
 )
 DEQUEUE = "DELETE FROM dispatch_heads WHERE seq = ?"
 # A finish counts only while its owner still holds the lease: after a takeover (or after the
-# taker has finished) a stalled owner's late word changes nothing.
-FINISH = """
+# taker has finished) a stalled owner's late word changes nothing. On PostgreSQL the check
+# locks the head row (`{lock}`), so a claim committing meanwhile is seen, not overwritten.
+FINISH_TEMPLATE = """
     UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
            last_traceback = ?, lease_owner = NULL, lease_expires_at = NULL,
            processed_at = CASE WHEN ? = 'processed' THEN ? ELSE processed_at END,
            updated_at = ?
     WHERE id = ? AND EXISTS (
         SELECT 1 FROM dispatch_heads AS h
-        WHERE h.seq = deliveries.seq AND h.lease_owner = ?)
+        WHERE h.seq = deliveries.seq AND h.lease_owner = ? {lock})
     RETURNING seq, source, task_id
 """
+FINISH = FINISH_TEMPLATE.format(lock="")
 CLAIM_CANDIDATES = """
     SELECT h.seq FROM dispatch_heads AS h
     WHERE h.next_attempt_at <= ?
@@ -81,6 +95,11 @@ BEAT = (
 )
 OWNERS = "SELECT owner, host, pid, heartbeat_at FROM dispatch_owners ORDER BY owner"
 RETIRE = "DELETE FROM dispatch_owners WHERE owner = ?"
+# Forget an owner found silent only if it is still as silent as it was seen: one that beat
+# again meanwhile keeps its row and its leases.
+RETIRE_IF_SILENT = (
+    "DELETE FROM dispatch_owners WHERE owner = ? AND heartbeat_at = ? RETURNING owner"
+)
 BACKLOG = "SELECT count(*) FROM deliveries WHERE status IN ('received', 'failed')"
 
 
@@ -127,10 +146,11 @@ def requeue_in(conn: Any, seq: int, source: str, lane: str, now: float) -> None:
     conn.execute(REQUEUE, (source, lane, seq, now))
 
 
-def release_owners_in(conn: Any, owners: list[str]) -> int:
-    """Free every lease of `owners` (processes that stopped beating) and forget them."""
+def release_owners_in(conn: Any, owners: list[Owner]) -> int:
+    """Free every lease of `owners` (processes found silent) and forget them, each only if
+    it has not beaten since it was seen."""
     released = 0
     for owner in owners:
-        released += max(0, conn.execute(RELEASE, (owner,)).rowcount)
-        conn.execute(RETIRE, (owner,))
+        if conn.execute(RETIRE_IF_SILENT, (owner.owner, owner.heartbeat_at)).fetchall():
+            released += max(0, conn.execute(RELEASE, (owner.owner,)).rowcount)
     return released

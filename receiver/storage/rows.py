@@ -222,6 +222,7 @@ UPSERT_RUNS = """
         status = excluded.status, delivery_id = excluded.delivery_id,
         attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
         traceback = excluded.traceback, updated_at = excluded.updated_at
+    WHERE handler_runs.status <> 'ok'
 """
 
 

@@ -203,7 +203,7 @@ class SQLiteStorage:
     async def owners(self) -> list[Owner]:
         return [Owner(*row) for row in await self._read(queue.OWNERS)]
 
-    async def release_owners(self, owners: Sequence[str]) -> int:
+    async def release_owners(self, owners: Sequence[Owner]) -> int:
         released: int = await self._writer.run(
             lambda conn: queue.release_owners_in(conn, list(owners))
         )

@@ -50,13 +50,6 @@ _COUNT_DUPLICATE = (
     "duplicate_rows = duplicate_rows + ?, "
     "last_duplicate_at = max(coalesce(last_duplicate_at, ?), ?) WHERE seq = ?"
 )
-_REQUEUE = """
-    UPDATE deliveries SET status = 'received', next_attempt_at = ?, attempts = 0,
-           lease_owner = NULL, lease_expires_at = NULL, events_derived =
-           CASE WHEN status = 'quarantined' THEN 0 ELSE events_derived END, updated_at = ?
-    WHERE id = ? AND status IN ('failed', 'dead', 'quarantined') AND body IS NOT NULL
-    RETURNING seq, source, COALESCE(task_id, id)
-"""
 PROBE = "UPDATE taskhook_probe SET probed_at = ? WHERE id = 1"
 # Room for a delivery: pages the file may have to grow by (a full disk, or max_page_count
 # reached, refuses them, where rewriting the probe's one row would still fit).
@@ -132,7 +125,7 @@ def finish(outcome: DeliveryOutcome, owner: str, conn: sqlite3.Connection) -> bo
 
 def requeue(delivery_id: str, now: float, conn: sqlite3.Connection) -> bool:
     """Make a delivery due again; not one whose body retention removed (nothing to run)."""
-    rows = conn.execute(_REQUEUE, (now, now, delivery_id)).fetchall()
+    rows = conn.execute(queue.REQUEUE_DELIVERY, (now, now, delivery_id)).fetchall()
     if not rows:
         return False
     seq, source, lane = rows[0]
