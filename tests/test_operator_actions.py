@@ -26,6 +26,7 @@ from receiver.rebuild import rebuild
 from receiver.replay import read_recordings, replay_local, replay_remote
 from tests.conftest import BACKENDS, AppFactory, client_for
 from tests.test_cli import free_port
+from tests.test_review import AUTH_EDIT, AUTH_OPS, EDITOR, callback, review_app
 
 
 @pytest.fixture(params=BACKENDS)
@@ -34,10 +35,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-EDITOR = "editor-key"
-OPS = "ops-key"
-AUTH_EDIT = {"authorization": f"Bearer {EDITOR}"}
-AUTH_OPS = {"authorization": f"Bearer {OPS}"}
 TASKS = ("doc-1", "doc-2", "doc-3")
 # What an operator action emits, by action (a report keeps the state and says why).
 ACTION_EVENTS = {
@@ -48,30 +45,6 @@ ACTION_EVENTS = {
 }
 
 Snapshot = dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]]
-
-
-def review_app(
-    build_app: AppFactory, seen: list[Event] | None = None, **overrides: Any
-) -> TaskhookApp:
-    """A document-review source, the ledger, an operator key named "editor" and an "ops" key
-    that reads the deliveries inbox."""
-    return build_app(
-        setup=(lambda r: r.on_any(seen.append, name="collect")) if seen is not None else None,
-        handlers=["handlers.ledger"],
-        sources={"docs": {"kind": "document-review", "verify": "none"}},
-        api={"keys": {"editor": {"key": EDITOR, "scopes": ["task.read", "task.edit"]},
-                      "ops": {"key": OPS, "scopes": ["deliveries.read", "tasks.read"]}}},
-        **overrides,
-    )  # fmt: skip
-
-
-async def callback(client: httpx.AsyncClient, task_id: str, status: str, **extra: Any) -> str:
-    body = {"task_id": task_id, "status": status, "project_id": "invoices"} | extra
-    response = await client.post("/callbacks/docs", content=json.dumps(body),
-                                 headers={"content-type": "application/json"})  # fmt: skip
-    assert response.status_code == 200, response.text
-    delivery_id: str = response.json()["delivery_id"]
-    return delivery_id
 
 
 async def act(

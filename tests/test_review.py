@@ -26,21 +26,34 @@ AUTH_EDIT = {"authorization": f"Bearer {EDITOR}"}
 AUTH_READ = {"authorization": f"Bearer {READER}"}
 
 
-def review_app(build_app: AppFactory, seen: list[Event] | None = None) -> TaskhookApp:
+OPS = "ops-key"
+AUTH_OPS = {"authorization": f"Bearer {OPS}"}
+
+
+def review_app(
+    build_app: AppFactory, seen: list[Event] | None = None, **overrides: Any
+) -> TaskhookApp:
+    """A document-review source, the ledger, an operator key named "editor", a reader, and
+    an "ops" key that reads the deliveries inbox."""
     return build_app(
         setup=(lambda r: r.on_any(seen.append, name="collect")) if seen is not None else None,
         handlers=["handlers.ledger"],
         sources={"docs": {"kind": "document-review", "verify": "none"}},
         api={"keys": {"editor": {"key": EDITOR, "scopes": ["task.read", "task.edit"]},
-                      "reader": {"key": READER, "scopes": ["task.read"]}}},
+                      "reader": {"key": READER, "scopes": ["task.read"]},
+                      "ops": {"key": OPS, "scopes": ["deliveries.read", "tasks.read"]}}},
+        **overrides,
     )  # fmt: skip
 
 
-async def callback(client: httpx.AsyncClient, task_id: str, status: str, **extra: Any) -> None:
+async def callback(client: httpx.AsyncClient, task_id: str, status: str, **extra: Any) -> str:
+    """Post a document-review callback; the id of the delivery it was stored as."""
     body = {"task_id": task_id, "status": status, "project_id": "invoices"} | extra
     response = await client.post("/callbacks/docs", content=json.dumps(body),
                                  headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == 200, response.text
+    delivery_id: str = response.json()["delivery_id"]
+    return delivery_id
 
 
 @pytest.mark.parametrize(
