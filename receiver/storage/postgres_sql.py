@@ -94,7 +94,7 @@ CLAIM = f"""
         SELECT h.seq FROM dispatch_heads AS h
         WHERE h.next_attempt_at <= $1
           AND (h.lease_owner IS NULL OR (h.lease_expires_at <= $1 AND h.lease_owner <> $3))
-        ORDER BY h.next_attempt_at, h.seq
+        ORDER BY h.seq
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     ), leased AS (

@@ -3,8 +3,8 @@
 A lane is a task of a source (or a lone delivery that names no task). Only its head — the
 earliest pending delivery — may be claimed, which is what keeps one task's deliveries in
 receipt order while different tasks run concurrently. Keeping the heads in their own small
-table, indexed by when they are due, makes a claim cost O(batch): deliveries waiting behind
-a head in backoff are never read by a claim (shared/PERF-NOTES.md, issue of 2026-12-01).
+table makes a claim cost O(heads), not O(backlog): deliveries waiting behind a head in
+backoff are never read by a claim (shared/PERF-NOTES.md, issue of 2026-12-01).
 
 Who may change the table:
 - the intake, when it stores a pending delivery: it becomes its lane's head if the lane has
@@ -76,11 +76,15 @@ FINISH_TEMPLATE = """
     RETURNING seq, source, task_id
 """
 FINISH = FINISH_TEMPLATE.format(lock="")
+# Heads in receipt order (seq), as one process would take them: across tasks too, deliveries
+# are applied in the order they were stored, as far as concurrency allows, and a ledger's
+# cross-task rules (a unique_id handed over) depend on that. A claim reads heads only (those
+# in backoff are skipped), never the deliveries waiting behind them.
 CLAIM_CANDIDATES = """
     SELECT h.seq FROM dispatch_heads AS h
     WHERE h.next_attempt_at <= ?
       AND (h.lease_owner IS NULL OR (h.lease_expires_at <= ? AND h.lease_owner != ?))
-    ORDER BY h.next_attempt_at, h.seq
+    ORDER BY h.seq
     LIMIT ?
 """
 LEASE = "UPDATE dispatch_heads SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?"
