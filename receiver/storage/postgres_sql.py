@@ -44,9 +44,15 @@ _COUNT = INSERT_COLUMNS.count(",") + 1
 _PLACEHOLDERS = ",".join(f"${i}" for i in range(1, _COUNT + 1))
 # One statement, autocommitted: the delivery and, when it is pending, its place in the queue
 # (`queue.ENQUEUE`, whose conflict arm locks the lane's head row).
+# The lane's lock is taken before the row (and its seq) exists, and held to the commit: one
+# task's deliveries commit in seq order, so a head handing its task on never finds a later
+# delivery committed while an earlier one is still on its way (per-task order across
+# replicas).
 INSERT = f"""
-    WITH ins AS (
-        INSERT INTO deliveries ({INSERT_COLUMNS}) VALUES ({_PLACEHOLDERS})
+    WITH lane AS (
+        SELECT pg_advisory_xact_lock(hashtextextended($2 || '/' || ${_COUNT + 1}, 0))
+    ), ins AS (
+        INSERT INTO deliveries ({INSERT_COLUMNS}) SELECT {_PLACEHOLDERS} FROM lane
         ON CONFLICT (source, dedup_key) WHERE duplicate_of IS NULL DO NOTHING
         RETURNING seq, source, status, next_attempt_at
     ), head AS (
