@@ -254,13 +254,10 @@ class PostgresStorage:
             if row is None:
                 return False
             seq, source, task_id = row
-            # The lane moves on as in `queue.finish_in` (SQLite's, over the same statements).
-            if task_id is None and status in ("received", "failed"):
-                await conn.execute(pg.Queue.retry_later, outcome.next_attempt_at, seq)
-            else:
-                await conn.execute(pg.Queue.dequeue, seq)
-                if task_id is not None:
-                    await conn.execute(pg.Queue.promote, source, task_id)
+            for sql, params in queue.lane_steps(
+                seq, source, task_id, status, outcome.next_attempt_at
+            ):
+                await conn.execute(to_postgres(sql).sql, *params)
         return True
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:

@@ -140,9 +140,6 @@ ADD_KEY = "INSERT INTO taskhook_meta (name, value) VALUES ($1, $2) ON CONFLICT (
 class Queue:
     """`queue`'s statements as PostgreSQL runs them."""
 
-    retry_later = to_postgres(queue.RETRY_LATER).sql
-    dequeue = to_postgres(queue.DEQUEUE).sql
-    promote = to_postgres(queue.PROMOTE).sql
     requeue = to_postgres(queue.REQUEUE).sql
     beat = to_postgres(queue.BEAT).sql
     renew = to_postgres(queue.RENEW).sql

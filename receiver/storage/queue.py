@@ -133,17 +133,25 @@ def finish_in(
     if not rows:
         return False
     seq, source, task_id = rows[0]
-    if task_id is None:  # a lane of its own
-        if status in ("received", "failed"):
-            conn.execute(RETRY_LATER, (next_attempt_at, seq))
-        else:
-            conn.execute(DEQUEUE, (seq,))
-    else:
-        # The lane goes to its earliest pending delivery: this one again when it is to be
-        # retried, unless an older one was requeued meanwhile.
-        conn.execute(DEQUEUE, (seq,))
-        conn.execute(PROMOTE, (source, task_id))
+    for sql, params in lane_steps(seq, source, task_id, status, next_attempt_at):
+        conn.execute(sql, params)
     return True
+
+
+def lane_steps(
+    seq: int, source: str, task_id: str | None, status: str, next_attempt_at: float
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """How a lane moves on once an attempt at its head is recorded (both backends run these).
+
+    A lane of its own is retried later or emptied; a task's lane goes to its earliest
+    pending delivery: this one again when it is to be retried, unless an older one was
+    requeued meanwhile.
+    """
+    if task_id is None:
+        if status in ("received", "failed"):
+            return [(RETRY_LATER, (next_attempt_at, seq))]
+        return [(DEQUEUE, (seq,))]
+    return [(DEQUEUE, (seq,)), (PROMOTE, (source, task_id))]
 
 
 def requeue_in(conn: Any, seq: int, source: str, lane: str, now: float) -> None:
