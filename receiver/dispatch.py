@@ -1,10 +1,10 @@
 """The dispatcher: stored deliveries → typed events → handlers, inside the app.
 
-It leases deliveries that head their task's queue (so one task's deliveries run in receipt
-order while different tasks run concurrently), derives and persists their events once, runs
-each registered handler that has not yet succeeded on each event, and records every run.
-A failed run is retried with exponential backoff and jitter, re-running only the handlers
-that failed; after ``max_attempts`` the delivery is `dead`, its error and traceback kept.
+It leases batches of deliveries that head their task's queue (one task's deliveries run in
+receipt order, different tasks concurrently), derives and persists a batch's events in one
+transaction (`receiver.interpret`), runs each handler that has not yet succeeded on each
+event, and records every run. A failed run is retried with backoff (`receiver.retries`),
+re-running only the handlers that failed; after ``max_attempts`` the delivery is `dead`.
 The intake never waits on any of this: it only `notify()`s.
 
 Exactly once per (event, handler): a run that succeeded is recorded and never repeated; the
@@ -26,8 +26,9 @@ import structlog
 
 from receiver.config import DispatchSettings
 from receiver.errors import PayloadError, StorageUnavailable, TaskhookError
-from receiver.events import Event, persisted
+from receiver.events import Event
 from receiver.handler_runs import HandlerRunner, ours_cancelled
+from receiver.interpret import Derived, Interpretation
 from receiver.liveness import Liveness
 from receiver.metrics import Metrics
 from receiver.records import (
@@ -38,6 +39,7 @@ from receiver.records import (
     new_id,
 )
 from receiver.registry import HandlerRegistry, RegisteredHandler
+from receiver.retries import failed
 from receiver.sources import SourceAdapter
 from receiver.storage import Storage
 
@@ -50,13 +52,6 @@ BACKLOG_SAMPLE_SECONDS = 1.0
 class ClaimLost(TaskhookError):
     """This process can no longer vouch for its lease on a delivery (taken over, or the
     heartbeat failed too long): it starts no further handler on it."""
-
-
-def backoff_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
-    delay: float = ceiling / 2 + rng.uniform(0, ceiling / 2)
-    return delay
 
 
 class Dispatcher:
@@ -82,6 +77,9 @@ class Dispatcher:
         self.liveness = Liveness(storage=storage, settings=settings, owner=self.owner, clock=clock)
         self.runner = HandlerRunner(
             settings=settings, metrics=metrics, error_hooks=lambda: registry.error_hooks
+        )
+        self.interpretation = Interpretation(
+            storage=storage, registry=registry, adapters=adapters, owner=self.owner
         )
         self._wake = asyncio.Event()
         self._stopping = False
@@ -182,8 +180,8 @@ class Dispatcher:
             stranded = list(self._stranded)
             await self._storage.release_claims(self.owner, ids=stranded)
             self._stranded.difference_update(stranded)
-        room = self._settings.concurrency - len(self._inflight)
-        if room <= 0 or (self._inflight and room < self._settings.concurrency // 4):
+        room = self._settings.concurrency - len(self._running)
+        if room <= 0 or (self._running and room < self._settings.concurrency // 4):
             # Refill in chunks: a claim is a write transaction, not worth one per delivery.
             return 0
         claimed = await self._storage.claim_ready(
@@ -192,16 +190,15 @@ class Dispatcher:
             now=self._clock(),
             lease_seconds=self._settings.lease_seconds,
         )
-        started = 0
-        for delivery in claimed:
-            if delivery.seq in self._running:
-                continue  # already in flight here (the claim excludes it; belt and braces)
+        # (the claim never returns what is in flight here; belt and braces)
+        batch = [d for d in claimed if d.seq not in self._running]
+        for delivery in batch:
             self._running[delivery.seq] = delivery.id
-            task = asyncio.create_task(self._guarded(delivery))
+        if batch:
+            task = asyncio.create_task(self._batch(batch))
             self._inflight.add(task)
             task.add_done_callback(self._done)
-            started += 1
-        return started
+        return len(batch)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -236,12 +233,54 @@ class Dispatcher:
                 await asyncio.sleep(0.01)
         raise TimeoutError("dispatcher did not drain in time")
 
-    async def _guarded(self, delivery: DeliveryRecord) -> None:
+    async def _batch(self, batch: list[DeliveryRecord]) -> None:
+        """Derive a claimed batch's events in one transaction, then run handlers per delivery
+        (`receiver.interpret`)."""
+        try:
+            derived = await self.interpretation.derive(batch, may_finish=self.liveness.healthy)
+        except StorageUnavailable as exc:
+            log.warning("could not derive a batch", error=str(exc), deliveries=len(batch))
+            self._strand(batch)
+            return
+        except asyncio.CancelledError:
+            if ours_cancelled():
+                self._strand(batch)
+                raise
+            derived = None
+        except BaseException:  # an interpreter's bug, SystemExit & co.: contained
+            derived = None
+        if derived is None:  # again one by one: the failure is only its delivery's
+            one = (self._batch([d]) if len(batch) > 1 else self._guarded(d, None) for d in batch)
+            await asyncio.gather(*one)
+            return
+        pending = []
+        for delivery in batch:
+            if delivery.id in derived.finished:
+                self._finished(delivery, derived.finished[delivery.id], derived)
+            else:
+                pending.append(self._guarded(delivery, derived))
+        await asyncio.gather(*pending)
+
+    def _strand(self, batch: list[DeliveryRecord]) -> None:
+        for delivery in batch:
+            self._stranded.add(delivery.id)
+            self._running.pop(delivery.seq, None)
+            self._lost.discard(delivery.id)
+
+    def _finished(
+        self, delivery: DeliveryRecord, outcome: DeliveryOutcome, derived: Derived
+    ) -> None:
+        self._running.pop(delivery.seq, None)
+        self._lost.discard(delivery.id)
+        events = len(derived.events.get(delivery.id, ()))
+        self._recorded(outcome, events=events, delivery_id=delivery.id, task_id=delivery.task_id)
+
+    async def _guarded(self, delivery: DeliveryRecord, derived: Derived | None) -> None:
         with structlog.contextvars.bound_contextvars(
             delivery_id=delivery.id, source=delivery.source, task_id=delivery.task_id
         ):
             try:
-                await self.process(delivery)
+                await self.process(delivery, derived)
             except StorageUnavailable as exc:
                 # Released for another attempt once storage answers (or, if this process
                 # dies first, taken over by another when its heartbeat stops).
@@ -262,10 +301,17 @@ class Dispatcher:
         if not self.liveness.healthy():
             raise ClaimLost("heartbeat failing: another process may be taking over")
 
-    async def process(self, delivery: DeliveryRecord) -> DeliveryOutcome:
-        """One attempt at one leased delivery; returns (and records) how it ended."""
+    async def process(
+        self, delivery: DeliveryRecord, derived: Derived | None = None
+    ) -> DeliveryOutcome:
+        """One attempt at one leased delivery (its events derived with its batch, or here
+        when `derived` is None); returns (and records) how it ended."""
         try:
-            events = await self._events(delivery)
+            if derived is None:
+                derived = await self.interpretation.derive([delivery], may_finish=lambda: False)
+            if delivery.id in derived.unreadable:
+                raise derived.unreadable[delivery.id]
+            events = derived.events[delivery.id]
         except PayloadError as exc:
             outcome = DeliveryOutcome(
                 delivery.id, DeliveryStatus.QUARANTINED, delivery.attempts + 1, error=exc.reason
@@ -314,24 +360,6 @@ class Dispatcher:
         failure = self._failure(delivery, f"deriving events failed: {exc!r}", ())
         return await self._finish(delivery, failure, events=0)
 
-    async def _events(self, delivery: DeliveryRecord) -> list[Event]:
-        if delivery.events_derived:
-            stored = await self._storage.load_events(delivery.id)
-            return [Event.model_validate_json(s.payload_json) for s in stored]
-        interpreter = self._registry.interpreter_for(delivery.kind)
-        if interpreter is not None:
-            # An interpreter saves its events in the transaction that holds its own state.
-            return await interpreter(delivery)
-        adapter = self._adapters.get(delivery.source)
-        if adapter is None:
-            raise PayloadError(f"source {delivery.source!r} is no longer configured")
-        events = adapter.events(delivery.source, delivery)
-        await self._storage.save_events(
-            delivery.id,
-            [persisted(e) for e in events],
-        )
-        return events
-
     async def run_handler(self, handler: RegisteredHandler, event: Event) -> HandlerRun:
         """One isolated run of `handler` on `event` (`HandlerRunner`)."""
         return await self.runner.run(handler, event)
@@ -343,31 +371,8 @@ class Dispatcher:
         runs: tuple[HandlerRun, ...] | list[HandlerRun],
         tb: str | None = None,
     ) -> DeliveryOutcome:
-        attempts = delivery.attempts + 1
-        if attempts >= self._settings.max_attempts:
-            return DeliveryOutcome(
-                delivery.id,
-                DeliveryStatus.DEAD,
-                attempts,
-                error=error,
-                traceback=tb,
-                runs=tuple(runs),
-            )
-        delay = backoff_delay(
-            attempts,
-            base=self._settings.backoff_base_seconds,
-            cap=self._settings.backoff_max_seconds,
-            rng=self._rng,
-        )
-        return DeliveryOutcome(
-            delivery.id,
-            DeliveryStatus.FAILED,
-            attempts,
-            next_attempt_at=self._clock() + delay,
-            error=error,
-            traceback=tb,
-            runs=tuple(runs),
-        )
+        return failed(delivery, error, runs, tb, settings=self._settings, rng=self._rng,
+                      now=self._clock())  # fmt: skip
 
     async def _finish(
         self, delivery: DeliveryRecord, outcome: DeliveryOutcome, *, events: int
@@ -375,8 +380,14 @@ class Dispatcher:
         if not await self._storage.finish(outcome, owner=self.owner):
             log.warning("another process holds this delivery now; its attempt counts")
             return outcome
+        self._recorded(outcome, events=events)
+        return outcome
+
+    def _recorded(self, outcome: DeliveryOutcome, *, events: int, **ids: str | None) -> None:
         self._metrics.dispatched.labels(outcome.status.value).inc()
+        # (`ids` given when not bound to the context: a batch's quiet finishes)
         fields = {"status": outcome.status.value, "events": events, "attempt": outcome.attempts}
+        fields.update(ids)  # type: ignore[arg-type]
         if outcome.status is DeliveryStatus.PROCESSED:
             log.info("delivery processed", handlers=len(outcome.runs), **fields)
         elif outcome.status is DeliveryStatus.FAILED:
@@ -386,4 +397,3 @@ class Dispatcher:
             )
         else:
             log.error("delivery gave up", error=outcome.error, **fields)
-        return outcome

@@ -67,6 +67,11 @@ class StorageBusy(StorageUnavailable):
     """The write queue is full: the caller should retry shortly (backpressure, not a fault)."""
 
 
+class StorageError(TaskhookError):
+    """Storage was used wrongly by code (a statement's parameter missing, a migration
+    history out of order, a transaction awaiting something else): a bug, not a fault."""
+
+
 class NotFound(TaskhookError):
     """The requested record does not exist."""
 

@@ -15,14 +15,16 @@ and needs the body); and what a plugin still needs (`HandlerRegistry.retain`: th
 the delivery each task was last applied from). A delivery without its body can no longer be
 retried (`requeue` refuses it).
 
-Work is done in batches, each one transaction through `Storage.transact`: at most `batch`
-rows and about `batch_bytes` of bodies. On SQLite a batch is one op of the writer, which runs
-on the event loop: a pass over millions of rows is thousands of small ops, and the intake's
-inserts commit between them. On PostgreSQL a batch is one of the serialized plugin
-transactions, so the ledger never interleaves with half a batch, and replicas pruning at once
-queue behind each other instead of racing. Candidates come from partial indexes that hold
-only what retention may still change (`deliveries_prunable`, `deliveries_duplicates`), read
-from a cursor, so what is kept is passed over once per pass, not read again per batch.
+Work is done in batches, each one transaction through `Storage.transaction`: at most
+`batch` rows and about `batch_bytes` of bodies. On SQLite a batch is one op of the writer,
+which runs on the event loop: a pass over millions of rows is thousands of small ops, and the
+intake's inserts commit between them. On PostgreSQL a batch is a transaction of its own that
+first takes the pruner's lock (`PRUNE_LOCK`), so replicas pruning at once queue behind each
+other instead of racing; plugins' transactions run beside it, and its last statement checks
+again what it removes (still prunable, not queued, derived). Candidates come from partial
+indexes that hold only what retention may still change (`deliveries_prunable`,
+`deliveries_duplicates`), read from a cursor, so what is kept is passed over once per pass,
+not read again per batch.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import structlog
 
 from receiver.config import RetentionSettings
 from receiver.errors import StorageUnavailable
 from receiver.metrics import Metrics
+from receiver.plugin_store import Tx
 from receiver.storage import Storage
 from receiver.storage.retention import (
     COUNT_DUPLICATES,
     START,
+    STATES,
     Cursor,
     drop_duplicates,
     strip_batch,
@@ -52,8 +55,8 @@ log = structlog.get_logger("taskhook.prune")
 DAY = 86_400.0
 BATCH = 1000
 BATCH_BYTES = 32 * 1024 * 1024
-
-_STATES = ("processed", "dead", "quarantined")
+#: The lock key every batch takes first (`Tx.lock`): one batch at a time across replicas.
+PRUNE_LOCK = "taskhook:prune"
 
 
 @dataclass
@@ -119,7 +122,7 @@ class Pruner:
         settings = self._settings
         summary = PruneSummary()
         summary.duplicates = await self._duplicates(now - settings.duplicate_days * DAY, dry_run)
-        for status in _STATES:
+        for status in STATES:
             days = settings.processed_days if status == "processed" else settings.dead_days
             stripped, kept = await self._strip(status, now - days * DAY, dry_run)
             summary.kept += kept
@@ -131,13 +134,16 @@ class Pruner:
 
     async def _duplicates(self, before: float, dry_run: bool) -> int:
         if dry_run:
-            rows = await self._storage.query(COUNT_DUPLICATES, (before,))
+            rows = await self._storage.query(COUNT_DUPLICATES, {"before": before})
             return int(rows[0][0])
         deleted = 0
+
+        async def batch(tx: Tx) -> int:
+            await tx.lock([PRUNE_LOCK])
+            return await drop_duplicates(tx, before, self._batch)
+
         while True:  # each round deletes what it read, so the rounds end
-            done: int = await self._storage.transact(
-                lambda conn: drop_duplicates(conn, before, self._batch)
-            )
+            done: int = await self._storage.transaction(batch)
             deleted += done
             if self._metrics is not None and done:
                 self._metrics.pruned.labels("duplicates").inc(done)
@@ -148,13 +154,15 @@ class Pruner:
         stripped = kept = 0
         cursor: Cursor | None = START
         while cursor is not None:  # the cursor only moves forward, so the rounds end
-            done, held, cursor = await self._storage.transact(
-                partial(
-                    strip_batch, status=status, before=before, after=cursor,
-                    retained=self._retained, limit=self._batch, limit_bytes=self._batch_bytes,
-                    dry_run=dry_run,
-                )
-            )  # fmt: skip
+
+            async def batch(tx: Tx, after: Cursor = cursor) -> tuple[int, int, Cursor | None]:
+                await tx.lock([PRUNE_LOCK])
+                return await strip_batch(
+                    tx, status=status, before=before, after=after, retained=self._retained,
+                    limit=self._batch, limit_bytes=self._batch_bytes, dry_run=dry_run,
+                )  # fmt: skip
+
+            done, held, cursor = await self._storage.transaction(batch)
             stripped += done
             kept += held
             if self._metrics is not None and done and not dry_run:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from receiver.app import TaskhookApp
 from receiver.errors import RegistryError
 from receiver.events import Event
-from receiver.records import DeliveryStatus, HandlerRun
+from receiver.records import DeliveryRecord, DeliveryStatus, HandlerRun
 from receiver.storage.base import stream_deliveries
 
 _SKIP = (DeliveryStatus.DUPLICATE, DeliveryStatus.QUARANTINED)
+BATCH = 500
 
 
 @dataclass
@@ -36,16 +37,29 @@ class RebuildSummary:
         return text
 
 
-async def rebuild(app: TaskhookApp) -> RebuildSummary:
+async def rebuild(app: TaskhookApp, *, batch: int = BATCH) -> RebuildSummary:
+    """Empty derived state, then interpret every stored delivery again in receipt order, a
+    batch per transaction through the dispatcher's own path (`receiver.interpret`)."""
     summary = RebuildSummary()
     for hook in app.registry.reset_hooks:
         await hook()
-    async for delivery in stream_deliveries(app.storage):
+    run: list[DeliveryRecord] = []
+
+    async def apply() -> None:
+        derived = await app.dispatcher.interpretation.derive(run, may_finish=lambda: False)
+        summary.deliveries += len(run)
+        summary.events += sum(len(events) for events in derived.events.values())
+        run.clear()
+
+    async for delivery in stream_deliveries(app.storage, batch=batch):
         interpreter = app.registry.interpreter_for(delivery.kind)
         if delivery.body is None or delivery.status in _SKIP or interpreter is None:
             continue
-        summary.deliveries += 1
-        summary.events += len(await interpreter(delivery))
+        if run and (len(run) >= batch or run[-1].kind != delivery.kind):
+            await apply()  # one kind per batch: each task's deliveries stay in order
+        run.append(delivery)
+    if run:
+        await apply()
     return summary
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from receiver.errors import RegistryError
+from receiver.errors import PayloadError, RegistryError
 from receiver.events import EVENT_NAMES, Event
+from receiver.plugin_store import PluginStorage, Tx
 from receiver.records import DeliveryRecord
 
 
@@ -25,9 +26,14 @@ class Handler(Protocol):
 
 
 ErrorHook = Callable[[Event, str, BaseException], Awaitable[None] | None]
-Interpreter = Callable[[DeliveryRecord], Awaitable[list[Event]]]
-"""Turns a stored delivery of one source kind into events using state (a ledger). It must
-persist the events it returns atomically with that state, since it runs once per delivery."""
+Interpreter = Callable[
+    [Tx, Sequence[DeliveryRecord]], Awaitable[Sequence[list[Event] | PayloadError]]
+]
+"""Turns a batch of stored deliveries of one source kind (distinct tasks, in receipt order)
+into events using state (a ledger), inside the dispatcher's transaction `tx`: its writes,
+the events it returns (one list per delivery, or the `PayloadError` that makes a delivery
+unreadable) and the deliveries' new state commit together, once per delivery. A delivery
+already interpreted (a second attempt) is never given to it again."""
 StartupHook = Callable[[], Awaitable[None]]
 
 
@@ -66,7 +72,7 @@ class HandlerRegistry:
         self,
         known_events: Iterable[str] = EVENT_NAMES,
         *,
-        storage: Any = None,
+        storage: PluginStorage | None = None,
         keys: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

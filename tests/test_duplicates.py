@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from receiver.app import TaskhookApp
 from receiver.records import DeliveryStatus, NewDelivery, new_id
 from receiver.storage import open_storage
+from receiver.storage.compiled import for_dialect
 from receiver.storage.rows import TRUNCATED, header_block
 from receiver.storage.sqlite import sqlite_path
 from receiver.storage.sqlite_schema import MIGRATIONS
@@ -50,16 +52,17 @@ class Clock:
 
 
 async def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of `sql` (SQLite dialect, ``?`` parameters) on a connection of the test's own."""
+    """Rows of `sql` (``:name`` parameters, given in order) on a connection of the test's own."""
+    statement = text(sql)
+    compiled = for_dialect("sqlite" if url.startswith("sqlite:") else "postgresql", statement)
+    args = list(params)
     if url.startswith("sqlite:"):
-        return _sqlite_rows(url, sql, params)
+        return _sqlite_rows(url, compiled.sql, tuple(args))
     import asyncpg
-
-    from receiver.storage.dialect import to_postgres
 
     conn = await asyncpg.connect(url)
     try:
-        return [tuple(r) for r in await conn.fetch(to_postgres(sql).sql, *params)]
+        return [tuple(r) for r in await conn.fetch(compiled.sql, *args)]
     finally:
         await conn.close()
 
@@ -72,7 +75,8 @@ def _sqlite_rows(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any,
 async def rows_of(url: str, original: str) -> list[tuple[Any, ...]]:
     return await fetch(
         url,
-        "SELECT status, body, received_at FROM deliveries WHERE duplicate_of = ? ORDER BY seq",
+        "SELECT status, body, received_at FROM deliveries WHERE duplicate_of = :original "
+        "ORDER BY seq",
         original,
     )
 
@@ -226,7 +230,7 @@ async def test_replayed_huge_headers_are_stored_capped(
             assert status == 200
         after = await size_of(app, backend, db_url)
         stored = [json.loads(str(r[0])) for r in await app.storage.query(
-            "SELECT headers FROM deliveries WHERE status = 'duplicate'")]  # fmt: skip
+            text("SELECT headers FROM deliveries WHERE status = 'duplicate'"))]  # fmt: skip
     grown = after - before
     print(f"{backend}: {grown / 100 / 1024:.1f} KiB stored per 1 MB-header duplicate")
     assert len(stored) == 10  # retention.max_duplicate_rows' default
@@ -239,7 +243,7 @@ async def size_of(app: TaskhookApp, backend: str, url: str) -> int:
     """The deliveries table's size (PostgreSQL, TOAST included), or the SQLite file's once
     its write-ahead log is checkpointed into it."""
     if backend == "postgres":
-        rows = await app.storage.query("SELECT pg_total_relation_size('deliveries')")
+        rows = await app.storage.query(text("SELECT pg_total_relation_size('deliveries')"))
         return int(rows[0][0])
     return _checkpointed_size(sqlite_path(url))
 

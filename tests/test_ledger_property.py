@@ -11,9 +11,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.ledger.store import apply_delivery, create_schema
+from handlers.ledger.batch import Batch
+from handlers.ledger.store import apply_snapshots
+from handlers.ledger.tables import MIGRATIONS
 from receiver.records import DeliveryRecord, DeliveryStatus
-from receiver.storage.sqlite_schema import migrate
+from receiver.storage.compiled import Statements
+from receiver.storage.sqlite_tx import SQLiteTx, drive
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
 STEPS = st.sampled_from(["audit_accepted", "audit_fixed", "audit_rejected", "recall",
@@ -89,8 +92,10 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 def ledger(order: list[dict[str, Any]]) -> tuple[list[Any], list[Any], dict[str, int]]:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)
-    create_schema(conn)
+    # The ledger as the app runs it: its migrations, then each delivery in a transaction.
+    tx = SQLiteTx(conn, Statements("sqlite"), max_header_bytes=16384)
+    for migration in MIGRATIONS:
+        drive(migration.up(tx))
     for i, snapshot in enumerate(order):
         body = json.dumps(snapshot).encode()
         record = DeliveryRecord(
@@ -101,7 +106,8 @@ def ledger(order: list[dict[str, Any]]) -> tuple[list[Any], list[Any], dict[str,
             last_error=None, last_traceback=None, duplicate_of=None, replayed=False,
             events_derived=False, processed_at=None,
         )  # fmt: skip
-        apply_delivery(conn, record)
+        (result,) = drive(apply_snapshots(Batch(tx), [record]))
+        assert not isinstance(result, Exception), result
     tasks = conn.execute(
         "SELECT task_id, status, unique_id, customer_review_status, task, response, audits "
         "FROM ledger_tasks ORDER BY task_id"

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from receiver.app import TaskhookApp
 from receiver.cli_deliveries import run_export
@@ -65,7 +66,7 @@ async def query(app: TaskhookApp, sql: str) -> list[Any]:
     """Rows of a read on the app's database (both backends offer `query`; the `Storage`
     protocol does not name it)."""
     storage: Any = app.storage
-    return list(await storage.query(sql, []))
+    return list(await storage.query(text(sql)))
 
 
 async def snapshot(client: httpx.AsyncClient, task_ids: tuple[str, ...] = TASKS) -> Snapshot:

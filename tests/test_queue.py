@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 
 from receiver.records import (
     DeliveryOutcome,
@@ -87,13 +88,11 @@ def delivery(task_id: str | None, *, at: float = T0, source: str = "s1") -> NewD
 
 async def query(storage: Storage, sql: str, params: list[Any] | None = None) -> list[Any]:
     """A read through the backend's own `query` (both have one; `Storage` does not name it)."""
-    backend: Any = storage
-    return list(await backend.query(sql, params or []))
-
-
-async def transact(storage: Storage, op: Callable[[Any], Any]) -> Any:
-    backend: Any = storage
-    return await backend.transact(op)
+    # Test SQL is written with ``?``: named here, for the statement SQLAlchemy compiles.
+    pieces = sql.split("?")
+    named = pieces[0] + "".join(f":p{i}{rest}" for i, rest in enumerate(pieces[1:]))
+    values = {f"p{i}": v for i, v in enumerate(params or [])}
+    return list(await storage.query(text(named), values))
 
 
 async def violations(storage: Storage) -> list[tuple[Any, ...]]:
@@ -234,11 +233,11 @@ FINISHES = (
 
 
 async def empty(storage: Storage) -> None:
-    def op(conn: Any) -> None:
-        conn.execute("DELETE FROM dispatch_heads")
-        conn.execute("DELETE FROM deliveries")
+    async def op(tx: Any) -> None:
+        await tx.execute(text("DELETE FROM dispatch_heads"))
+        await tx.execute(text("DELETE FROM deliveries"))
 
-    await transact(storage, op)
+    await storage.transaction(op)
 
 
 @pytest.mark.parametrize("stale_finishes", [False, True], ids=["holders", "stale-owners"])

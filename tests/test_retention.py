@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from receiver import cli_prune
 from receiver.app import TaskhookApp
@@ -104,7 +105,7 @@ async def populate(app: TaskhookApp, client: httpx.AsyncClient) -> World:
 
 
 async def rows(app: TaskhookApp, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in await app.storage.query(sql)]
+    return [tuple(r) for r in await app.storage.query(sa.text(sql))]
 
 
 def pruner(app: TaskhookApp, days_later: float, **kwargs: Any) -> Pruner:
@@ -161,7 +162,8 @@ async def test_a_pass_removes_exactly_what_is_old_and_unneeded(build_app: AppFac
         # Its rows gone, the original has room again: the next receipt is kept as a row.
         assert (await post(client, snapshot("task-a", 1)))["status"] == "duplicate"
         counted = await app.storage.query(
-            "SELECT duplicate_count, duplicate_rows FROM deliveries WHERE id = ?", [world.original]
+            sa.text("SELECT duplicate_count, duplicate_rows FROM deliveries WHERE id = :id"),
+            {"id": world.original},
         )
         assert [tuple(r) for r in counted] == [(6, 1)]
         text = (await client.get("/metrics")).text

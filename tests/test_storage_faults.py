@@ -10,7 +10,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from sqlalchemy import text
 
 from receiver.app import TaskhookApp
 from receiver.errors import StorageUnavailable
@@ -306,9 +307,9 @@ async def test_a_probe_that_does_not_commit_in_time_is_not_ready() -> None:
 async def test_readyz_is_a_real_write(build_app: AppFactory) -> None:
     app = build_app(sources=OPEN)
     async with app.started(), client_for(app) as client:
-        before = await app.storage.query("SELECT probed_at FROM taskhook_probe")
+        before = await app.storage.query(text("SELECT probed_at FROM taskhook_probe"))
         ready = await client.get("/readyz")
-        after = await app.storage.query("SELECT probed_at FROM taskhook_probe")
+        after = await app.storage.query(text("SELECT probed_at FROM taskhook_probe"))
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
     assert [tuple(r) for r in before] == [(0.0,)]
     assert after[0][0] > 0  # the probe's row was written and committed
@@ -373,9 +374,9 @@ async def test_a_read_only_sqlite_database_is_503_until_it_is_writable(
     assert page.total == 4  # nothing refused was stored, nothing acked was lost
 
 
-def rewrite(n: int) -> Callable[[sqlite3.Connection], None]:
-    def op(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE taskhook_probe SET probed_at = ?", (n,))
+def rewrite(n: int) -> Callable[[Any], Awaitable[None]]:
+    async def op(tx: Any) -> None:
+        await tx.execute(text("UPDATE taskhook_probe SET probed_at = :n"), {"n": n})
 
     return op
 
@@ -389,7 +390,7 @@ async def test_a_failing_probe_sinks_no_neighbour(build_app: AppFactory) -> None
         conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
         try:
             # Rewriting a row in place needs no new page: these fit in a full file.
-            small = [app.storage.transact(rewrite(n)) for n in range(5)]
+            small = [app.storage.transaction(rewrite(n)) for n in range(5)]
             outcomes = await asyncio.gather(app.storage.probe(), *small, return_exceptions=True)
         finally:
             conn.execute("PRAGMA max_page_count = 1073741823")
@@ -549,7 +550,7 @@ async def test_each_kind_of_postgres_outage_is_storage_unavailable(
     storage = PostgresStorage(pg_url)
     await storage.open()
 
-    def plugin_op(conn: Any) -> None:
+    async def plugin_op(tx: Any) -> None:
         raise error("what the server said")
 
     try:
@@ -557,9 +558,9 @@ async def test_each_kind_of_postgres_outage_is_storage_unavailable(
             async with storage._conn():
                 raise error("what the server said")
         with pytest.raises(StorageUnavailable):
-            await storage.transact(plugin_op)
+            await storage.transaction(plugin_op)
         with pytest.raises(asyncpg.PostgresSyntaxError):  # a bug stays a bug
-            await storage.query("SELEC 1")
+            await storage.query(text("SELEC 1"))
     finally:
         await storage.close()
 

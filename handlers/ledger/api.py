@@ -6,17 +6,24 @@ import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from handlers.ledger.counts import Totals
 from handlers.ledger.store import iso
 from receiver.auth import Denied, KeyRing
+from receiver.plugin_store import PluginStorage
 
-Query = Callable[[str, list[Any]], Awaitable[list[Any]]]
+Query = Callable[[str, dict[str, Any]], Awaitable[list[Any]]]
+"""Rows of a SQL text with ``:name`` parameters (`sql_query`)."""
+FILTERS = ("status", "type", "project", "batch", "unique_id", "customer_review_status",
+           "tag", "start_time", "end_time", "updated_after")  # fmt: skip
 
 # Filter parameter -> SQL column on ledger_tasks (tag is served by ledger_task_tags).
 COLUMN_FILTERS = {
@@ -31,6 +38,18 @@ COLUMN_FILTERS = {
 
 class BadQuery(ValueError):
     pass
+
+
+@lru_cache(maxsize=512)
+def _statement(sql: str) -> sa.TextClause:
+    return sa.text(sql)  # one object per query shape, so its compiled form is reused
+
+
+def sql_query(storage: PluginStorage) -> Query:
+    async def query(sql: str, params: dict[str, Any]) -> list[Any]:
+        return await storage.query(_statement(sql), params)
+
+    return query
 
 
 def encode_token(created_at: str, task_id: str) -> str:
@@ -79,7 +98,7 @@ class ListQuery:
 
     source: str
     where: str
-    args: list[Any]
+    args: dict[str, Any]
     limit: int
     created: str
 
@@ -90,7 +109,9 @@ class ListQuery:
 
 async def fetch_task(query: Query, task_id: str) -> dict[str, Any] | None:
     """The task as the API shows it, or None."""
-    rows = await query(f"SELECT {_VIEW} FROM ledger_tasks AS t WHERE t.task_id = ?", [task_id])
+    rows = await query(
+        f"SELECT {_VIEW} FROM ledger_tasks AS t WHERE t.task_id = :task_id", {"task_id": task_id}
+    )
     return task_view(tuple(rows[0])) if rows else None
 
 
@@ -102,58 +123,36 @@ def build_query(params: dict[str, str]) -> ListQuery:
     if not 1 <= limit <= 100:
         raise BadQuery("limit must be an integer from 1 to 100")
     where: list[str] = []
-    args: list[Any] = []
+    args: dict[str, Any] = {}
     source = "ledger_tasks AS t"
     if "tag" in params:
         source = "ledger_task_tags AS g JOIN ledger_tasks AS t ON t.task_id = g.task_id"
-        where.append("g.tag = ?")
-        args.append(params["tag"])
+        where.append("g.tag = :tag")
+        args["tag"] = params["tag"]
     for name, column in COLUMN_FILTERS.items():
         if name in params:
-            where.append(f"t.{column} = ?")
-            args.append(params[name])
+            where.append(f"t.{column} = :{name}")
+            args[name] = params[name]
     created = "g.created_at" if "tag" in params else "t.created_at"
     if "start_time" in params:
-        where.append(f"{created} >= ?")
-        args.append(_time("start_time", params["start_time"]))
+        where.append(f"{created} >= :start_time")
+        args["start_time"] = _time("start_time", params["start_time"])
     if "end_time" in params:
-        where.append(f"{created} <= ?")
-        args.append(_time("end_time", params["end_time"]))
+        where.append(f"{created} <= :end_time")
+        args["end_time"] = _time("end_time", params["end_time"])
     if "updated_after" in params:
-        where.append("t.updated_at > ?")
-        args.append(_time("updated_after", params["updated_after"]))
+        where.append("t.updated_at > :updated_after")
+        args["updated_after"] = _time("updated_after", params["updated_after"])
     return ListQuery(source, " AND ".join(where) or "1 = 1", args, limit, created)
 
 
-class TotalCache:
-    """Exact list totals, counted once per filter set and ledger generation.
-
-    Counting the matches of a filter is linear in them; paging through one listing asks the
-    same question on every page. Every applied delivery bumps the generation, so a cached
-    total is never older than the ledger it was read from, on any replica.
-    """
-
-    def __init__(self, query: Query, size: int = 256) -> None:
-        self._query = query
-        self._size = size
-        self._totals: dict[tuple[str, str, tuple[Any, ...]], tuple[int, int]] = {}
-
-    async def total(self, source: str, where: str, args: list[Any]) -> int:
-        generation = (await self._query("SELECT generation FROM ledger_meta", []))[0][0]
-        key = (source, where, tuple(args))
-        cached = self._totals.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        rows = await self._query(f"SELECT count(*) FROM {source} WHERE {where}", args)
-        count = int(rows[0][0])
-        if len(self._totals) >= self._size:
-            self._totals.pop(next(iter(self._totals)))
-        self._totals[key] = (generation, count)
-        return count
+def count_statement(q: ListQuery) -> sa.TextClause:
+    return _statement(f"SELECT count(*) FROM {q.source} WHERE {q.where}")
 
 
-def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
-    totals = TotalCache(query)
+def build_routes(storage: PluginStorage, keys: KeyRing | None) -> list[Route]:
+    query = sql_query(storage)
+    totals = Totals(storage)
 
     def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
         async def wrapper(request: Request) -> Response:
@@ -181,8 +180,8 @@ def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
             return JSONResponse({"error": "no such task", "task_id": task_id}, status_code=404)
         history = await query(
             "SELECT kind, name, event_id, delivery_id, detail, at FROM ledger_history "
-            "WHERE task_id = ? ORDER BY seq",
-            [task_id],
+            "WHERE task_id = :task_id ORDER BY seq",
+            {"task_id": task_id},
         )
         task["history"] = [
             {
@@ -200,17 +199,21 @@ def build_routes(query: Query, keys: KeyRing | None) -> list[Route]:
         params = dict(request.query_params)
         q = build_query(params)
         limit = q.limit
-        total = await totals.total(q.source, q.where, q.args)
-        page_where, page_args = q.where, list(q.args)
+        filters = {name: params[name] for name in FILTERS if name in params}
+        total = await totals.total(filters, count_statement(q), q.args)
+        page_where, page_args = q.where, dict(q.args)
         if token := params.get("next_token"):
             after_created, after_id = decode_token(token)
             # Newest first: the next page continues strictly below the last row seen.
-            page_where += f" AND ({q.created} < ? OR ({q.created} = ? AND t.task_id < ?))"
-            page_args += [after_created, after_created, after_id]
+            page_where += (
+                f" AND ({q.created} < :after_created"
+                f" OR ({q.created} = :after_created AND t.task_id < :after_id))"
+            )
+            page_args |= {"after_created": after_created, "after_id": after_id}
         rows = await query(
             f"SELECT {_VIEW}, {q.created}, t.task_id FROM {q.source} WHERE {page_where} "
-            f"{q.order} LIMIT ?",
-            [*page_args, limit + 1],
+            f"{q.order} LIMIT :limit",
+            page_args | {"limit": limit + 1},
         )
         more = len(rows) > limit
         rows = rows[:limit]

@@ -7,8 +7,17 @@ from datetime import datetime
 
 import orjson
 
-from handlers.ledger.api import COLUMN_FILTERS, BadQuery, Query, build_query, fetch_task
+from handlers.ledger.api import (
+    COLUMN_FILTERS,
+    BadQuery,
+    Query,
+    build_query,
+    count_statement,
+    fetch_task,
+    sql_query,
+)
 from handlers.ledger.store import iso
+from receiver.plugin_store import PluginStorage
 from receiver.registry import Command
 from receiver.tables import table
 
@@ -27,7 +36,9 @@ def configure(parser: argparse.ArgumentParser, common: list[argparse.ArgumentPar
     listing.add_argument("--limit", type=int, default=100)
 
 
-def command(query: Query) -> Command:
+def command(storage: PluginStorage) -> Command:
+    query = sql_query(storage)
+
     async def run(args: argparse.Namespace) -> int:
         if args.tasks_command == "show":
             return await show(query, args.task_id, as_json=args.json)
@@ -37,7 +48,7 @@ def command(query: Query) -> Command:
             if getattr(args, name, None) is not None
         }
         params["limit"] = str(args.limit)
-        return await listing(query, params)
+        return await listing(storage, params)
 
     return Command("tasks", "the task ledger: list and show tasks", configure, run)
 
@@ -48,9 +59,9 @@ async def show(query: Query, task_id: str, *, as_json: bool) -> int:
         print(f"taskhook: no task {task_id!r} in the ledger")
         return 1
     history = await query(
-        "SELECT at, kind, name, delivery_id, detail FROM ledger_history WHERE task_id = ? "
-        "ORDER BY seq",
-        [task_id],
+        "SELECT at, kind, name, delivery_id, detail FROM ledger_history "
+        "WHERE task_id = :task_id ORDER BY seq",
+        {"task_id": task_id},
     )
     if as_json:
         print(orjson.dumps(task, option=orjson.OPT_INDENT_2).decode())
@@ -71,7 +82,8 @@ def _short(detail: str, width: int = 60) -> str:
     return detail if len(detail) <= width else detail[: width - 1] + "…"
 
 
-async def listing(query: Query, params: dict[str, str]) -> int:
+async def listing(storage: PluginStorage, params: dict[str, str]) -> int:
+    query = sql_query(storage)
     try:
         q = build_query(params)
     except BadQuery as exc:
@@ -80,10 +92,10 @@ async def listing(query: Query, params: dict[str, str]) -> int:
     rows = await query(
         f"SELECT t.task_id, t.status, t.type, t.project, t.batch, t.unique_id, "
         f"t.customer_review_status, t.created_at, t.updated_at FROM {q.source} "
-        f"WHERE {q.where} {q.order} LIMIT ?",
-        [*q.args, q.limit],
+        f"WHERE {q.where} {q.order} LIMIT :limit",
+        q.args | {"limit": q.limit},
     )
-    total = (await query(f"SELECT count(*) FROM {q.source} WHERE {q.where}", q.args))[0][0]
+    total = (await storage.query(count_statement(q), q.args))[0][0]
     print(table(LIST_COLUMNS, rows))
     print(f"\n{len(rows)} of {total} task(s)")
     return 0

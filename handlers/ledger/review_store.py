@@ -9,22 +9,21 @@ again, identically, by a rebuild.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from handlers.ledger import review
-from handlers.ledger.store import history as _history
-from handlers.ledger.store import iso, record_events
+from handlers.ledger.batch import Batch
+from handlers.ledger.store import Result, iso, record_events
 from receiver.actions import action_delivery, parse_action
 from receiver.bodies import decode
 from receiver.errors import PayloadError
 from receiver.events import Event, event_id
 from receiver.records import DeliveryRecord
-from receiver.storage.synthesized import store_in, unapplied_in
 
 _NO_VERSION = (
     '{"updated_at": null, "audit_count": 0, "newest_audit": null, '
@@ -32,36 +31,34 @@ _NO_VERSION = (
 )
 
 
-def _current(conn: sqlite3.Connection, task_id: str) -> tuple[str, dict[str, Any]] | None:
-    row = conn.execute(
-        "SELECT status, task FROM ledger_tasks WHERE task_id = ?", (task_id,)
-    ).fetchone()
-    return (row[0], orjson.loads(row[1])) if row else None
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
-def _save(
-    conn: sqlite3.Connection,
-    source: str,
-    task: dict[str, Any],
-    delivery: DeliveryRecord,
-) -> None:
+async def _current(batch: Batch, task_id: str) -> tuple[str, dict[str, Any]] | None:
+    await batch.load([task_id])
+    row = batch.row(task_id)
+    return (row["status"], orjson.loads(row["task"])) if row else None
+
+
+def _save(batch: Batch, source: str, task: dict[str, Any], delivery: DeliveryRecord) -> None:
     # Times come from the delivery, not the clock: a rebuild writes what the live ledger wrote.
     at = iso(datetime.fromtimestamp(delivery.received_at, UTC))
-    conn.execute(
-        """
-        INSERT INTO ledger_tasks (task_id, source, status, type, project, batch, unique_id,
-            claimed_unique_id, customer_review_status, created_at, updated_at, task, response,
-            version, audits, last_delivery_id, ledger_updated_at)
-        VALUES (?,?,?,'document-review',?,NULL,NULL,NULL,NULL,?,?,?,NULL,?,'[]',?,?)
-        ON CONFLICT (task_id) DO UPDATE SET status = excluded.status,
-            project = excluded.project, updated_at = excluded.updated_at, task = excluded.task,
-            last_delivery_id = excluded.last_delivery_id,
-            ledger_updated_at = excluded.ledger_updated_at
-        """,
-        (task["task_id"], source, task["status"], task.get("project_id"), at, at,
-         orjson.dumps(task).decode(), _NO_VERSION, delivery.id, time.time()),
-    )  # fmt: skip
-    conn.execute("UPDATE ledger_meta SET generation = generation + 1 WHERE id = 1")
+    prior = batch.row(task["task_id"])
+    changed = {
+        "status": task["status"], "project": task.get("project_id"), "updated_at": at,
+        "task": _json(task), "last_delivery_id": delivery.id, "ledger_updated_at": time.time(),
+    }  # fmt: skip
+    if prior is not None:
+        row = prior | changed
+    else:
+        row = changed | {
+            "task_id": task["task_id"], "source": source, "type": "document-review",
+            "batch": None, "unique_id": None, "claimed_unique_id": None,
+            "customer_review_status": None, "created_at": at, "response": None,
+            "version": _NO_VERSION, "audits": "[]",
+        }  # fmt: skip
+    batch.put(row, tags=[], prior_tags=[])
 
 
 class _Emitter:
@@ -81,34 +78,38 @@ class _Emitter:
         ))  # fmt: skip
 
 
-def apply_review_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) -> list[Event]:
+async def apply_reviews(batch: Batch, deliveries: Sequence[DeliveryRecord]) -> list[Result]:
+    """Apply each document-review delivery in order; its events, or why it is unreadable."""
+    results: list[Result] = []
+    for delivery in deliveries:
+        try:
+            results.append(await apply_review_delivery(batch, delivery))
+        except PayloadError as exc:
+            results.append(exc)
+    await batch.flush()
+    return results
+
+
+async def apply_review_delivery(batch: Batch, delivery: DeliveryRecord) -> list[Event]:
     if delivery.operator is not None:
-        return apply_action(conn, delivery)[2]
+        return (await apply_action(batch, delivery))[2]
     assert delivery.body is not None
     raw = decode(delivery.body, delivery.content_type)
     snapshot = review.parse(delivery.body, delivery.content_type)
     task_id = snapshot.task_id
-    found = _current(conn, task_id)
+    found = await _current(batch, task_id)
     current, stored = found if found else (None, {})
     emit = _Emitter(delivery, task_id)
     transition = review.check(current, snapshot.status, exported=bool(stored.get("exported")))
     if not transition.allowed:
-        _history(
-            conn,
-            task_id,
-            delivery.id,
-            "rejected",
-            {"status": snapshot.status, "current": current, "reason": transition.reason},
-        )
+        batch.history(task_id, delivery.id, "rejected", _json(
+            {"status": snapshot.status, "current": current, "reason": transition.reason}
+        ))  # fmt: skip
     else:
-        _history(
-            conn,
-            task_id,
-            delivery.id,
-            "applied",
-            {"status": snapshot.status, "previous_status": current},
-        )
-        _save(conn, delivery.source, raw, delivery)
+        batch.history(task_id, delivery.id, "applied", _json(
+            {"status": snapshot.status, "previous_status": current}
+        ))  # fmt: skip
+        _save(batch, delivery.source, raw, delivery)
         if snapshot.status != current:
             emit(review.EVENTS[snapshot.status], review.event_payload(raw, current))
     if snapshot.report is not None:
@@ -116,12 +117,12 @@ def apply_review_delivery(conn: sqlite3.Connection, delivery: DeliveryRecord) ->
             "task.reported",
             {"reason": snapshot.report.reason, "report": snapshot.report.model_dump(mode="json")},
         )
-    record_events(conn, task_id, delivery.id, emit.events)
+    record_events(batch, task_id, delivery.id, emit.events)
     return emit.events
 
 
-def apply_action(
-    conn: sqlite3.Connection, delivery: DeliveryRecord
+async def apply_action(
+    batch: Batch, delivery: DeliveryRecord
 ) -> tuple[int, dict[str, Any], list[Event]]:
     """Apply a stored operator action to the ledger: (HTTP status, answer, events).
 
@@ -131,14 +132,14 @@ def apply_action(
     assert delivery.body is not None
     act = parse_action(delivery.body)
     task_id, actor = act.task_id, act.by
-    found = _current(conn, task_id)
+    found = await _current(batch, task_id)
     if found is None or found[1].get("status") not in review.EVENTS:
         return 404, {"error": "no such document-review task", "task_id": task_id}, []
     current, task = found
     emit = _Emitter(delivery, task_id)
     answer: dict[str, Any] = {"task_id": task_id, "delivery_id": delivery.id}
     if act.action == "report":
-        _history(conn, task_id, delivery.id, "report", {"reason": act.reason, "by": actor})
+        batch.history(task_id, delivery.id, "report", _json({"reason": act.reason, "by": actor}))
         emit("task.reported", {"reason": act.reason, "action": "report", "by": actor})
         status, answer = 201, answer | {"status": current, "reported": act.reason}
     else:
@@ -146,27 +147,26 @@ def apply_action(
             act.action, current, exported=bool(task.get("exported"))
         )
         if not transition.allowed:
-            _history(conn, task_id, delivery.id, "rejected", {
+            batch.history(task_id, delivery.id, "rejected", _json({
                 "action": act.action, "current": current, "reason": transition.reason,
                 "by": actor,
-            })  # fmt: skip
+            }))  # fmt: skip
             answer |= {"error": transition.reason, "status": current}
-            record_events(conn, task_id, delivery.id, [])
             return 400, answer, []
         changed = task | {"status": target}
-        _save(conn, delivery.source, changed, delivery)
-        _history(conn, task_id, delivery.id, "action", {
+        _save(batch, delivery.source, changed, delivery)
+        batch.history(task_id, delivery.id, "action", _json({
             "action": act.action, "status": target, "previous_status": current, "by": actor,
-        })  # fmt: skip
+        }))  # fmt: skip
         payload = review.event_payload(changed, current) | {"action": act.action, "by": actor}
         emit(review.EVENTS[target], payload)
         status, answer = 200, answer | {"status": target, "previous_status": current}
-    record_events(conn, task_id, delivery.id, emit.events)
+    record_events(batch, task_id, delivery.id, emit.events)
     return status, answer, emit.events
 
 
-def act(
-    conn: sqlite3.Connection,
+async def act(
+    batch: Batch,
     task_id: str,
     action: str,
     reason: str | None,
@@ -181,20 +181,24 @@ def act(
     reason, is refused as it stands; anything else is stored as a delivery and applied in
     this one transaction.
     """
-    for earlier in unapplied_in(conn, "document-review", task_id):
+    tx = batch.tx
+    await batch.load([task_id])
+    for earlier in await tx.pending("document-review", task_id):
         with contextlib.suppress(PayloadError):  # unreadable: the dispatcher quarantines it
-            apply_review_delivery(conn, earlier)
-    found = conn.execute(
-        "SELECT source, task FROM ledger_tasks WHERE task_id = ?", (task_id,)
-    ).fetchone()
-    if found is None or orjson.loads(found[1]).get("status") not in review.EVENTS:
+            events = await apply_review_delivery(batch, earlier)
+            await tx.save_events(earlier.id, events)
+    row = batch.row(task_id)
+    if row is None or orjson.loads(row["task"]).get("status") not in review.EVENTS:
+        await batch.flush()
         return 404, {"error": "no such document-review task", "task_id": task_id}, False
     if action == "report" and not reason:
+        await batch.flush()
         return 400, {"error": "a report needs a reason", "task_id": task_id}, False
-    source = str(found[0])
-    stored = store_in(conn, action_delivery(
-        source=source, kind="document-review", task_id=task_id, action=action, actor=actor,
-        reason=reason, now=now,
+    stored = await tx.store_delivery(action_delivery(
+        source=str(row["source"]), kind="document-review", task_id=task_id, action=action,
+        actor=actor, reason=reason, now=now,
     ))  # fmt: skip
-    status, answer, _ = apply_action(conn, stored)
+    status, answer, events = await apply_action(batch, stored)
+    await batch.flush()
+    await tx.save_events(stored.id, events)
     return status, answer, True

@@ -7,10 +7,12 @@ Keeps one row per completed-work report. A report with a ``unique_id`` is unique
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,29 +20,38 @@ from starlette.routing import Route
 from receiver.auth import Denied, KeyRing
 from receiver.errors import RegistryError
 from receiver.events import Event
+from receiver.plugin_store import Migration, PluginStorage, Tx
 from receiver.registry import HandlerRegistry
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS throughput_records (
-    key                TEXT PRIMARY KEY,
-    workstream_id      TEXT NOT NULL,
-    worker_id          TEXT NOT NULL,
-    use_case_id        TEXT NOT NULL,
-    task_definition_id TEXT NOT NULL,
-    task_id            TEXT,
-    unique_id          TEXT,
-    task_count         REAL NOT NULL,
-    subtask_count      REAL,
-    duration           REAL NOT NULL,
-    task_completed_at  TEXT NOT NULL,
-    day                TEXT NOT NULL,
-    delivery_id        TEXT NOT NULL,
-    record             TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS throughput_by_day ON throughput_records(day, worker_id, use_case_id)
-"""
 
-_UPSERT = """
+def _real() -> sa.types.TypeEngine[float]:
+    """``REAL`` on SQLite (as the first release declared it), ``DOUBLE PRECISION`` elsewhere."""
+    return sa.Double().with_variant(sa.REAL(), "sqlite")
+
+
+RECORDS = sa.Table(
+    "throughput_records",
+    sa.MetaData(),
+    # Declared without NOT NULL by the first release (SQLite then allows a NULL key; a
+    # PostgreSQL primary key never does).
+    sa.Column("key", sa.Text, primary_key=True, nullable=True),
+    sa.Column("workstream_id", sa.Text, nullable=False),
+    sa.Column("worker_id", sa.Text, nullable=False),
+    sa.Column("use_case_id", sa.Text, nullable=False),
+    sa.Column("task_definition_id", sa.Text, nullable=False),
+    sa.Column("task_id", sa.Text),
+    sa.Column("unique_id", sa.Text),
+    sa.Column("task_count", _real(), nullable=False),
+    sa.Column("subtask_count", _real()),
+    sa.Column("duration", _real(), nullable=False),
+    sa.Column("task_completed_at", sa.Text, nullable=False),
+    sa.Column("day", sa.Text, nullable=False),
+    sa.Column("delivery_id", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+)
+sa.Index("throughput_by_day", RECORDS.c.day, RECORDS.c.worker_id, RECORDS.c.use_case_id)
+
+_UPSERT = sa.text("""
 INSERT INTO throughput_records (key, workstream_id, worker_id, use_case_id, task_definition_id,
     task_id, unique_id, task_count, subtask_count, duration, task_completed_at, day,
     delivery_id, record)
@@ -53,13 +64,36 @@ ON CONFLICT (key) DO UPDATE SET
     duration = excluded.duration, task_completed_at = excluded.task_completed_at,
     day = excluded.day, delivery_id = excluded.delivery_id, record = excluded.record
 WHERE :replace
-"""
+""")
+
+# The report's filters: query parameter -> its term (the parameter binds under its own name).
+_FILTERS = {
+    "worker_id": "worker_id = :worker_id",
+    "use_case_id": "use_case_id = :use_case_id",
+    "since": "day >= :since",
+    "until": "day <= :until",
+}
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+@lru_cache(maxsize=1 << len(_FILTERS))
+def _report(filters: tuple[str, ...]) -> sa.TextClause:
+    """The report's query with the terms of `filters` (names of `_FILTERS`, in its order)."""
+    where = " AND ".join(["1 = 1", *(_FILTERS[name] for name in filters)])
+    return sa.text(
+        "SELECT worker_id, use_case_id, day, sum(task_count), sum(coalesce(subtask_count, 0)),"
+        f" sum(duration), count(*) FROM throughput_records WHERE {where}"
+        " GROUP BY worker_id, use_case_id, day ORDER BY day, worker_id, use_case_id"
+    )
+
+
+async def create_schema(tx: Tx) -> None:
+    """Migration 1: the table and its index (kept as they are where they exist already)."""
+    await tx.create(RECORDS)
+
+
+MIGRATIONS: Sequence[Migration] = (
+    Migration(1, "throughput_records and its index by day", create_schema),
+)
 
 
 def record_row(event: Event) -> dict[str, Any]:
@@ -81,25 +115,16 @@ def record_row(event: Event) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def report_routes(storage: Any, keys: KeyRing | None) -> list[Route]:
+def report_routes(storage: PluginStorage, keys: KeyRing | None) -> list[Route]:
     async def report(request: Request) -> Response:
         who = keys.authorize(request.headers.get("authorization"), "tasks.read") if keys else None
         if who is None or isinstance(who, Denied):
             status, reason = (who.status, who.reason) if who else (401, "no API keys configured")
             return JSONResponse({"error": reason}, status_code=status)
         q = request.query_params
-        where, args = ["1 = 1"], []
-        for name, clause in (("worker_id", "worker_id = ?"), ("use_case_id", "use_case_id = ?"),
-                             ("since", "day >= ?"), ("until", "day <= ?")):  # fmt: skip
-            if name in q:
-                where.append(clause)
-                args.append(q[name][:10] if name in ("since", "until") else q[name])
-        rows = await storage.query(
-            "SELECT worker_id, use_case_id, day, sum(task_count), sum(coalesce(subtask_count, 0)),"
-            " sum(duration), count(*) FROM throughput_records WHERE " + " AND ".join(where) +
-            " GROUP BY worker_id, use_case_id, day ORDER BY day, worker_id, use_case_id",
-            args,
-        )  # fmt: skip
+        given = tuple(name for name in _FILTERS if name in q)
+        args = {name: q[name][:10] if name in ("since", "until") else q[name] for name in given}
+        rows = await storage.query(_report(given), args)
         docs = [
             {"worker_id": w, "use_case_id": u, "day": d, "tasks": t, "subtasks": s,
              "duration_seconds": dur, "records": n}
@@ -111,17 +136,19 @@ def report_routes(storage: Any, keys: KeyRing | None) -> list[Route]:
 
 
 def register(registry: HandlerRegistry) -> None:
-    storage = registry.storage
-    if storage is None or not hasattr(storage, "transact"):
+    found: PluginStorage | None = registry.storage
+    if found is None or not hasattr(found, "transaction"):
         raise RegistryError("the throughput ledger needs the app's SQL storage backend")
-
-    async def create() -> None:
-        await storage.transact(create_schema)
+    storage = found
+    storage.declare("throughput", MIGRATIONS)
 
     async def recorded(event: Event) -> None:
         row = record_row(event)
-        await storage.transact(lambda conn: conn.execute(_UPSERT, row))
 
-    registry.on_startup(create)
+        async def upsert(tx: Tx) -> None:
+            await tx.execute(_UPSERT, row)
+
+        await storage.transaction(upsert)
+
     registry.on("throughput.recorded", recorded, name="builtin.throughput")
     registry.add_routes(report_routes(storage, registry.keys))

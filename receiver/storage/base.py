@@ -7,10 +7,12 @@ refusing or losing connections): never a driver's own exception.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy.sql.expression import ClauseElement
+
+from receiver.plugin_store import Dialect, Migration, Params
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -48,12 +50,28 @@ class Storage(Protocol):
     async def installation_key(self) -> bytes:
         """A random 32-byte key of this database, made once, the same for every replica."""
 
-    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        """Rows of a read-only query in the SQLite dialect (plugins, the pruner)."""
+    # The plugin storage API (`receiver.plugin_store.PluginStorage`): plugins see the
+    # storage through these.
+    @property
+    def dialect(self) -> Dialect: ...
 
-    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `op` (SQLite-dialect statements over a DB-API-like connection) in a write
-        transaction; on PostgreSQL serialized with every other one (plugins, the pruner)."""
+    def declare(self, component: str, migrations: Sequence[Migration]) -> None:
+        """A component's schema history, applied by `open` (`migrations`)."""
+
+    async def transaction(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(tx)` in a write transaction (`sqlite_tx`, `postgres_tx`)."""
+
+    async def query(self, statement: ClauseElement, params: Params | None = None) -> list[Any]:
+        """Rows of a read-only query (plugins, the pruner)."""
+
+    async def rederive(self, kinds: Sequence[str]) -> int:
+        """Mark every delivery of `kinds` as not yet interpreted."""
+
+    async def finish_batch(
+        self, tx: Any, outcomes: Sequence[DeliveryOutcome], *, owner: str
+    ) -> list[bool]:
+        """`finish` of each outcome inside `tx`, the transaction that derived their events;
+        whether each counted (see `finish`)."""
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
         """Durably commit `delivery`, or report the first stored delivery it duplicates.

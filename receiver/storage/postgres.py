@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import asyncpg
+from sqlalchemy.sql.expression import ClauseElement
 
 from receiver.errors import StorageBusy, StorageUnavailable
+from receiver.plugin_store import Migration, Params
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -37,28 +38,24 @@ from receiver.records import (
     StoredEvent,
     StoreResult,
 )
+from receiver.storage import core_schema, queue
 from receiver.storage import postgres_sql as pg
-from receiver.storage import queue
 from receiver.storage.base import CommitObserver
-from receiver.storage.dialect import to_postgres
-from receiver.storage.postgres_bridge import PLUGIN_LOCK, BridgeConnection, PluginTransactions
-from receiver.storage.postgres_schema import migrate
-from receiver.storage.postgres_sql import SESSION, UNAVAILABLE
+from receiver.storage.compiled import Statements, postgres_sql
+from receiver.storage.migrations import Histories
+from receiver.storage.postgres_finish import finish_all
+from receiver.storage.postgres_schema import check_legacy
+from receiver.storage.postgres_sql import SESSION, UNAVAILABLE, session_settings
+from receiver.storage.postgres_tx import PgTx, record_runs, run_transaction, save_events
 from receiver.storage.probe import Probe
 from receiver.storage.rows import (
-    INSERT_EVENTS,
-    LINK_EVENTS,
     LOAD_EVENTS,
-    MARK_DERIVED,
     MAX_HEADER_BYTES,
-    UPSERT_RUNS,
-    event_rows,
     header_block,
     insert_params,
     list_queries,
     page_of,
     row_to_record,
-    run_rows,
     scan_query,
 )
 
@@ -71,6 +68,7 @@ class PostgresStorage:
     """`Storage` over a PostgreSQL database (``postgresql://user@host:port/db``)."""
 
     ordered_stores = False  # pooled connections commit in whatever order they finish
+    dialect: Literal["postgresql"] = "postgresql"
 
     def __init__(
         self,
@@ -92,7 +90,11 @@ class PostgresStorage:
         self._max_duplicate_rows = max_duplicate_rows
         self._max_header_bytes = max_header_bytes
         self._pool: asyncpg.Pool | None = None
-        self._plugins = PluginTransactions(url, timeout)
+        self._statements = Statements("postgresql")
+        #: Plugins' schema histories (`declare`), applied by `open`; what each reached.
+        self.histories = Histories()
+        self.histories.declare(core_schema.COMPONENT, core_schema.HISTORY)
+        self.versions: dict[str, int] = {}
         self._probe = Probe(self._probe_write)
         self._key: bytes | None = None
 
@@ -116,7 +118,8 @@ class PostgresStorage:
         self._probe.forget()
         if self._pool is not None:  # already open: only make sure the schema is current
             async with self._conn() as conn:
-                await migrate(conn)
+                await check_legacy(conn)
+            await self._migrate_components()
             return
         try:
             self._pool = await asyncpg.create_pool(
@@ -125,7 +128,7 @@ class PostgresStorage:
                 max_size=self._pool_size,
                 command_timeout=self._timeout,
                 timeout=self._timeout,
-                server_settings=SESSION,
+                server_settings=session_settings(),
                 # asyncpg resets a connection on every release (a round trip); nothing here
                 # leaves session state behind (locks are transaction-scoped).
                 reset=_no_reset,
@@ -133,11 +136,18 @@ class PostgresStorage:
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
         async with self._conn() as conn:
-            await migrate(conn)
+            await check_legacy(conn)
+        await self._migrate_components()
+
+    async def _migrate_components(self) -> None:
+        try:
+            self.versions = await self.histories.apply(self.transaction)
+        except BaseException:
+            await self.close()  # a schema this release cannot run on: nothing left open
+            raise
 
     async def close(self) -> None:
         self._probe.forget()
-        await self._plugins.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -169,16 +179,33 @@ class PostgresStorage:
             self._key = bytes(value)
         return self._key
 
-    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        t = to_postgres(sql)
-        async with self._conn() as conn:
-            return list(await conn.fetch(t.sql, *t.args(params)))
+    def declare(self, component: str, migrations: Sequence[Migration]) -> None:
+        self.histories.declare(component, migrations)
 
-    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a plugin's synchronous op in a serialized transaction (`postgres_bridge`)."""
-        if self._pool is None:
-            raise StorageUnavailable("storage is not open")
-        return await self._plugins.run(op)
+    async def transaction(self, op: Callable[[PgTx], Awaitable[T]]) -> T:
+        """Run `op` in a transaction of its own connection (`postgres_tx`): no global lock."""
+        return await run_transaction(
+            self._conn, op, self._statements, max_header_bytes=self._max_header_bytes
+        )
+
+    async def query(self, statement: ClauseElement, params: Params | None = None) -> list[Any]:
+        c = self._statements(statement)
+        async with self._conn() as conn:
+            return list(await conn.fetch(c.sql, *c.args(params)))
+
+    async def rederive(self, kinds: Sequence[str]) -> int:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE deliveries SET events_derived = 0 WHERE kind = ANY($1::text[])",
+                list(kinds),
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def finish_batch(
+        self, tx: PgTx, outcomes: Sequence[DeliveryOutcome], *, owner: str
+    ) -> list[bool]:
+        """`finish` of each outcome inside `tx` (the transaction that applied them)."""
+        return await finish_all(tx.connection, outcomes, owner=owner)
 
     async def store_delivery(self, delivery: NewDelivery) -> StoreResult:
         if self._storing >= self._max_queue:
@@ -228,11 +255,11 @@ class PostgresStorage:
 
     async def save_events(self, delivery_id: str, events: Sequence[StoredEvent]) -> None:
         async with self._conn() as conn, conn.transaction():
-            await _save_events(conn, delivery_id, events)
+            await save_events(conn, {delivery_id: events})
 
     async def load_events(self, delivery_id: str) -> list[StoredEvent]:
         async with self._conn() as conn:
-            rows = await conn.fetch(to_postgres(LOAD_EVENTS).sql, delivery_id)
+            rows = await conn.fetch(postgres_sql(LOAD_EVENTS).sql, delivery_id)
         return [StoredEvent(*row) for row in rows]
 
     async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
@@ -246,7 +273,7 @@ class PostgresStorage:
         now = time.time()
         status = outcome.status.value
         async with self._conn() as conn, conn.transaction():
-            await _record_runs(conn, outcome.runs)
+            await record_runs(conn, outcome.runs)
             row = await conn.fetchrow(
                 pg.FINISH, status, outcome.attempts, outcome.next_attempt_at, outcome.error,
                 outcome.traceback, status, now, now, outcome.delivery_id, owner,
@@ -257,12 +284,12 @@ class PostgresStorage:
             for sql, params in queue.lane_steps(
                 seq, source, task_id, status, outcome.next_attempt_at
             ):
-                await conn.execute(to_postgres(sql).sql, *params)
+                await conn.execute(postgres_sql(sql).sql, *params)
         return True
 
     async def record_runs(self, runs: Sequence[HandlerRun]) -> None:
         async with self._conn() as conn, conn.transaction():
-            await _record_runs(conn, runs)
+            await record_runs(conn, runs)
 
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         async with self._conn() as conn:
@@ -296,7 +323,7 @@ class PostgresStorage:
 
     async def backlog(self) -> int:
         async with self._conn() as conn:
-            count = await conn.fetchval(queue.BACKLOG)
+            count = await conn.fetchval(postgres_sql(queue.BACKLOG).sql)
         return int(count)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
@@ -369,16 +396,4 @@ async def _no_reset(conn: Any) -> None:
     return None
 
 
-async def _save_events(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
-    inserted, linked = event_rows(delivery_id, events)
-    await conn.executemany(to_postgres(INSERT_EVENTS).sql, inserted)
-    await conn.executemany(to_postgres(LINK_EVENTS).sql, linked)
-    await conn.execute(to_postgres(MARK_DERIVED).sql, delivery_id)
-
-
-async def _record_runs(conn: Any, runs: Sequence[HandlerRun]) -> None:
-    if runs:
-        await conn.executemany(to_postgres(UPSERT_RUNS).sql, run_rows(runs, time.time()))
-
-
-__all__ = ["PLUGIN_LOCK", "SESSION", "UNAVAILABLE", "BridgeConnection", "PostgresStorage"]
+__all__ = ["SESSION", "UNAVAILABLE", "PostgresStorage"]

@@ -1,39 +1,27 @@
-"""Versioned PostgreSQL schema, applied under an advisory lock.
+"""What the PostgreSQL backend checks before the core's history (`core_schema`) runs.
 
-Migration N is applied once, recorded in ``taskhook_migrations``. Several replicas starting
-at once each take the same transaction-level advisory lock first: one applies what is
-missing, the others wait and then find nothing left to do.
+Databases of the previous release recorded their schema in ``taskhook_migrations`` (version
+4 is the schema `tables` describes, which `core_schema` version 1 adopts as it is). One older
+than that is refused with what to do, rather than half-upgraded.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from receiver.storage import sqlite_schema
-from receiver.storage.dialect import to_postgres
+from receiver.errors import StorageUnavailable
 
-MIGRATION_LOCK = 0x7461736B686F6F6B  # "taskhook"
-
-# The same versioned schema as SQLite's, translated (BIGSERIAL keys, DOUBLE PRECISION, BYTEA):
-# one list of migrations, so the two backends cannot drift apart.
-MIGRATIONS: tuple[str, ...] = tuple(to_postgres(script).sql for script in sqlite_schema.MIGRATIONS)
+_LEGACY = "SELECT to_regclass('taskhook_migrations') IS NOT NULL"
+_LEGACY_VERSION = "SELECT coalesce(max(version), 0) FROM taskhook_migrations"
+ADOPTED = 4
 
 
-async def migrate(conn: Any) -> int:
-    """Apply pending migrations on an asyncpg connection; return the resulting version."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS taskhook_migrations ("
-            " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+async def check_legacy(conn: Any) -> None:
+    if not await conn.fetchval(_LEGACY):
+        return
+    version = int(await conn.fetchval(_LEGACY_VERSION))
+    if version < ADOPTED:
+        raise StorageUnavailable(
+            f"this PostgreSQL database has the schema of an early release (version {version}); "
+            "upgrade it with the previous release's `taskhook migrate` first"
         )
-        version = int(
-            await conn.fetchval("SELECT coalesce(max(version), 0) FROM taskhook_migrations")
-        )
-        for number, script in enumerate(MIGRATIONS, start=1):
-            if number <= version:
-                continue
-            await conn.execute(script)
-            await conn.execute("INSERT INTO taskhook_migrations (version) VALUES ($1)", number)
-            version = number
-    return version

@@ -7,10 +7,12 @@ one commit.
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 
 from receiver.storage import queue
-from receiver.storage.dialect import to_postgres
+from receiver.storage.compiled import postgres_sql
 from receiver.storage.rows import COLUMNS, INSERT_COLUMNS
 
 # Plan each execution with its parameters and the table as it is now. asyncpg prepares and
@@ -18,6 +20,13 @@ from receiver.storage.rows import COLUMNS, INSERT_COLUMNS
 # from the statistics of the moment: a claim prepared while `deliveries` was empty kept a
 # plan that took seconds once the table held thousands of rows (measured).
 SESSION = {"plan_cache_mode": "force_custom_plan"}
+
+
+def session_settings() -> dict[str, str]:
+    """SESSION, and a name telling this process's sessions apart in pg_stat_activity and
+    pg_locks (which replica holds what)."""
+    return SESSION | {"application_name": f"taskhook:{os.getpid()}"}
+
 
 # What "the database cannot take or give data now" looks like: each is a state of the server
 # or of the way to it, not of the request, and passes (a retry later can succeed), so it is
@@ -110,8 +119,8 @@ CLAIM = f"""
     )
     SELECT {COLUMNS} FROM deliveries WHERE seq IN (SELECT seq FROM leased) ORDER BY seq
 """
-FINISH = to_postgres(queue.FINISH_TEMPLATE.format(lock="FOR UPDATE")).sql
-REQUEUE = to_postgres(queue.REQUEUE_DELIVERY).sql
+FINISH = postgres_sql(queue.FINISH_LOCKING).sql
+REQUEUE = postgres_sql(queue.REQUEUE_DELIVERY).sql
 GET = f"SELECT {COLUMNS} FROM deliveries WHERE id = $1"
 DEAD = "SELECT id FROM deliveries WHERE status = 'dead' ORDER BY seq"
 SUCCEEDED = (
@@ -138,12 +147,12 @@ ADD_KEY = "INSERT INTO taskhook_meta (name, value) VALUES ($1, $2) ON CONFLICT (
 
 
 class Queue:
-    """`queue`'s statements as PostgreSQL runs them."""
+    """`queue`'s statements as SQLAlchemy compiles them for PostgreSQL."""
 
-    requeue = to_postgres(queue.REQUEUE).sql
-    beat = to_postgres(queue.BEAT).sql
-    renew = to_postgres(queue.RENEW).sql
-    owners = to_postgres(queue.OWNERS).sql
-    release = to_postgres(queue.RELEASE).sql
-    retire = to_postgres(queue.RETIRE).sql
-    retire_if_silent = to_postgres(queue.RETIRE_IF_SILENT).sql
+    requeue = postgres_sql(queue.REQUEUE).sql
+    beat = postgres_sql(queue.BEAT).sql
+    renew = postgres_sql(queue.RENEW).sql
+    owners = postgres_sql(queue.OWNERS).sql
+    release = postgres_sql(queue.RELEASE).sql
+    retire = postgres_sql(queue.RETIRE).sql
+    retire_if_silent = postgres_sql(queue.RETIRE_IF_SILENT).sql

@@ -11,9 +11,11 @@ went.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
+from sqlalchemy import TextClause, text
 
 from receiver.paging import encode_token
 from receiver.records import (
@@ -24,6 +26,7 @@ from receiver.records import (
     NewDelivery,
     StoredEvent,
 )
+from receiver.storage.compiled import many, sqlite_sql
 
 COLUMNS = (
     "id, seq, source, kind, received_at, headers, body, content_type, status, task_id, "
@@ -136,7 +139,7 @@ def _level(lengths: list[int], room: int) -> int:
 
 
 # Operator listings, in the SQLite dialect (the PostgreSQL backend translates them).
-Query = tuple[str, list[Any]]
+Query = tuple[TextClause, dict[str, Any]]
 
 
 def list_queries(
@@ -150,18 +153,20 @@ def list_queries(
     """The count of matching deliveries, and one page of them newest first (one extra row
     says whether another page follows)."""
     where: list[str] = []
-    params: list[Any] = []
+    params: dict[str, Any] = {}
     for column, value in (("status", status), ("source", source), ("task_id", task_id)):
         if value is not None:
-            where.append(f"{column} = ?")
-            params.append(str(value))
+            where.append(f"{column} = :{column}")
+            params[column] = str(value)
     filters = " AND ".join(where) or "1 = 1"
-    page_where = filters + (" AND seq < ?" if before_seq is not None else "")
-    page_params = [*params, *([before_seq] if before_seq is not None else []), limit + 1]
+    page_where = filters + (" AND seq < :before_seq" if before_seq is not None else "")
+    page_params = params | {"limit": limit + 1}
+    if before_seq is not None:
+        page_params["before_seq"] = before_seq
     return (
-        (f"SELECT count(*) FROM deliveries WHERE {filters}", params),
-        (f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} ORDER BY seq DESC LIMIT ?",
-         page_params),
+        (statement(f"SELECT count(*) FROM deliveries WHERE {filters}"), params),
+        (statement(f"SELECT {COLUMNS} FROM deliveries WHERE {page_where} "
+                   "ORDER BY seq DESC LIMIT :limit"), page_params),
     )  # fmt: skip
 
 
@@ -183,72 +188,88 @@ def scan_query(
     until: float | None,
 ) -> Query:
     """Deliveries in receipt order after `after_seq` (keyset streaming)."""
-    where = ["seq > ?"]
-    params: list[Any] = [after_seq]
-    for clause, value in (
-        ("status = ?", status.value if status is not None else None),
-        ("source = ?", source),
-        ("received_at >= ?", since),
-        ("received_at < ?", until),
+    where = ["seq > :after_seq"]
+    params: dict[str, Any] = {"after_seq": after_seq, "limit": limit}
+    for name, clause, value in (
+        ("status", "status = :status", status.value if status is not None else None),
+        ("source", "source = :source", source),
+        ("since", "received_at >= :since", since),
+        ("until", "received_at < :until", until),
     ):
         if value is not None:
             where.append(clause)
-            params.append(value)
-    sql = f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
-    return sql, [*params, limit]
+            params[name] = value
+    sql = f"SELECT {COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT :limit"
+    return statement(sql), params
 
 
-# A delivery's events and handler runs, in the SQLite dialect (the PostgreSQL backend
-# translates them): one text of each statement for both backends and the plugins.
-INSERT_EVENTS = (
-    "INSERT INTO events (event_id, name, task_id, delivery_id, payload) VALUES (?,?,?,?,?) "
+@lru_cache(maxsize=256)
+def statement(sql: str) -> TextClause:
+    """One statement object per query shape: its compiled forms are cached with it."""
+    return text(sql)
+
+
+# A delivery's events and handler runs: one statement of each for both backends, compiled
+# per dialect (`receiver.storage.compiled`).
+INSERT_EVENTS = text(
+    "INSERT INTO events (event_id, name, task_id, delivery_id, payload) "
+    "VALUES (:event_id, :name, :task_id, :delivery_id, :payload) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
-LINK_EVENTS = (
-    "INSERT INTO delivery_events (delivery_id, position, event_id) VALUES (?,?,?) "
-    "ON CONFLICT DO NOTHING"
+LINK_EVENTS = text(
+    "INSERT INTO delivery_events (delivery_id, position, event_id) "
+    "VALUES (:delivery_id, :position, :event_id) ON CONFLICT DO NOTHING"
 )
-MARK_DERIVED = "UPDATE deliveries SET events_derived = 1 WHERE id = ?"
-LOAD_EVENTS = (
+MARK_DERIVED = text("UPDATE deliveries SET events_derived = 1 WHERE id = :id")
+LOAD_EVENTS = text(
     "SELECT e.event_id, e.name, e.task_id, e.delivery_id, e.payload "
     "FROM delivery_events AS de JOIN events AS e ON e.event_id = de.event_id "
-    "WHERE de.delivery_id = ? ORDER BY de.position"
+    "WHERE de.delivery_id = :delivery_id ORDER BY de.position"
 )
-UPSERT_RUNS = """
+# The pending deliveries of a kind about a task not yet interpreted, oldest first: an
+# operator's action made now is applied after them, as a rebuild will apply it.
+UNAPPLIED = text(
+    f"SELECT {COLUMNS} FROM deliveries WHERE task_id = :task_id AND kind = :kind "
+    "AND status IN ('received', 'failed') AND events_derived = 0 ORDER BY seq"
+)
+UPSERT_RUNS = text("""
     INSERT INTO handler_runs (event_id, handler, delivery_id, status, attempts, last_error,
                               traceback, updated_at)
-    VALUES (?,?,?,?,1,?,?,?)
+    VALUES (:event_id, :handler, :delivery_id, :status, 1, :error, :traceback, :now)
     ON CONFLICT (event_id, handler) DO UPDATE SET
         status = excluded.status, delivery_id = excluded.delivery_id,
         attempts = handler_runs.attempts + 1, last_error = excluded.last_error,
         traceback = excluded.traceback, updated_at = excluded.updated_at
     WHERE handler_runs.status <> 'ok'
-"""
+""")
 
 
 def event_rows(
     delivery_id: str, events: Sequence[StoredEvent]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Parameters of INSERT_EVENTS and of LINK_EVENTS for a delivery's events."""
     return (
-        [(e.event_id, e.name, e.task_id, e.delivery_id, e.payload_json) for e in events],
-        [(delivery_id, i, e.event_id) for i, e in enumerate(events)],
-    )
+        [{"event_id": e.event_id, "name": e.name, "task_id": e.task_id,
+          "delivery_id": e.delivery_id, "payload": e.payload_json} for e in events],
+        [{"delivery_id": delivery_id, "position": i, "event_id": e.event_id}
+         for i, e in enumerate(events)],
+    )  # fmt: skip
 
 
-def run_rows(runs: Sequence[HandlerRun], now: float) -> list[tuple[Any, ...]]:
+def run_rows(runs: Sequence[HandlerRun], now: float) -> list[dict[str, Any]]:
     """Parameters of UPSERT_RUNS."""
     return [
-        (r.event_id, r.handler, r.delivery_id, "ok" if r.ok else "failed", r.error,
-         r.traceback, now)
+        {"event_id": r.event_id, "handler": r.handler, "delivery_id": r.delivery_id,
+         "status": "ok" if r.ok else "failed", "error": r.error, "traceback": r.traceback,
+         "now": now}
         for r in runs
     ]  # fmt: skip
 
 
 def save_events_in(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
-    """Persist a delivery's events inside the caller's transaction: the storage's own, or a
-    plugin's state op on either backend (a DB-API connection, or PostgreSQL's bridge)."""
+    """Persist a delivery's events inside the caller's SQLite transaction."""
     inserted, linked = event_rows(delivery_id, events)
-    conn.executemany(INSERT_EVENTS, inserted)
-    conn.executemany(LINK_EVENTS, linked)
-    conn.execute(MARK_DERIVED, (delivery_id,))
+    insert, link = sqlite_sql(INSERT_EVENTS), sqlite_sql(LINK_EVENTS)
+    conn.executemany(insert.sql, many(insert, inserted))
+    conn.executemany(link.sql, many(link, linked))
+    conn.execute(sqlite_sql(MARK_DERIVED).sql, (delivery_id,))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
+from sqlalchemy.sql.expression import ClauseElement
 
 from receiver.errors import StorageUnavailable
+from receiver.plugin_store import Migration, Params
 from receiver.records import (
     DeliveryOutcome,
     DeliveryPage,
@@ -26,8 +28,10 @@ from receiver.records import (
     StoreResult,
     new_id,
 )
-from receiver.storage import queue, sqlite_ops
+from receiver.storage import core_schema, queue, sqlite_ops
 from receiver.storage.base import CommitObserver
+from receiver.storage.compiled import Statements, sqlite_sql
+from receiver.storage.migrations import Histories
 from receiver.storage.probe import Probe
 from receiver.storage.rows import (
     COLUMNS,
@@ -40,7 +44,8 @@ from receiver.storage.rows import (
     scan_query,
 )
 from receiver.storage.sqlite_ops import store_in
-from receiver.storage.sqlite_schema import migrate
+from receiver.storage.sqlite_schema import upgrade_legacy
+from receiver.storage.sqlite_tx import SQLiteTx, drive
 from receiver.storage.writer import Writer, connect
 
 T = TypeVar("T")
@@ -62,6 +67,7 @@ class SQLiteStorage:
     """`Storage` over one SQLite file."""
 
     ordered_stores = True  # one writer, its queue in submission order
+    dialect: Literal["sqlite"] = "sqlite"
 
     def __init__(
         self,
@@ -79,6 +85,11 @@ class SQLiteStorage:
         self._max_header_bytes = max_header_bytes
         self._probe = Probe(self._probe_write)
         self._key: bytes | None = None
+        self._statements = Statements("sqlite")
+        #: Plugins' schema histories (`declare`), applied by `open`; what each reached.
+        self.histories = Histories()
+        self.histories.declare(core_schema.COMPONENT, core_schema.HISTORY)
+        self.versions: dict[str, int] = {}
 
     async def open(self) -> None:
         try:
@@ -88,13 +99,21 @@ class SQLiteStorage:
             await self._reader.execute("PRAGMA busy_timeout=5000")
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        await self._migrate_components()
 
     def _migrate(self) -> None:
         conn = connect(self.path)
         try:
-            migrate(conn)
+            upgrade_legacy(conn)
         finally:
             conn.close()
+
+    async def _migrate_components(self) -> None:
+        try:
+            self.versions = await self.histories.apply(self.transaction)
+        except BaseException:
+            await self.close()  # a schema this release cannot run on: nothing left open
+            raise
 
     async def close(self) -> None:
         self._probe.forget()
@@ -112,13 +131,34 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"database read failed: {exc}") from exc
 
-    async def transact(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `op` inside a group-committed write transaction (for plugins' own tables)."""
-        return await self._writer.run(op)
+    def declare(self, component: str, migrations: Sequence[Migration]) -> None:
+        self.histories.declare(component, migrations)
 
-    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+    async def transaction(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op` inside a group-committed write transaction (`sqlite_tx`)."""
+        statements, cap = self._statements, self._max_header_bytes
+
+        def run(conn: sqlite3.Connection) -> T:
+            return drive(op(SQLiteTx(conn, statements, max_header_bytes=cap)))
+
+        return await self._writer.run(run)
+
+    async def query(self, statement: ClauseElement, params: Params | None = None) -> list[Any]:
         """Rows of a read-only query on the reader connection."""
-        return await self._read(sql, params)
+        c = self._statements(statement)
+        return await self._read(c.sql, c.args(params))
+
+    async def rederive(self, kinds: Sequence[str]) -> int:
+        marks = ",".join("?" * len(kinds))
+        sql = f"UPDATE deliveries SET events_derived = 0 WHERE kind IN ({marks})"
+        count: int = await self._writer.run(lambda conn: conn.execute(sql, tuple(kinds)).rowcount)
+        return count
+
+    async def finish_batch(
+        self, tx: SQLiteTx, outcomes: Sequence[DeliveryOutcome], *, owner: str
+    ) -> list[bool]:
+        """`finish` of each outcome inside `tx` (the transaction that applied them)."""
+        return sqlite_ops.finish_many(outcomes, owner, tx.connection)
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
@@ -162,7 +202,7 @@ class SQLiteStorage:
         await self._writer.run(lambda conn: save_events_in(conn, delivery_id, events))
 
     async def load_events(self, delivery_id: str) -> list[StoredEvent]:
-        rows = await self._read(LOAD_EVENTS, (delivery_id,))
+        rows = await self._read(sqlite_sql(LOAD_EVENTS).sql, (delivery_id,))
         return [StoredEvent(*row) for row in rows]
 
     async def succeeded_runs(self, event_ids: Sequence[str]) -> set[tuple[str, str]]:
@@ -185,10 +225,12 @@ class SQLiteStorage:
 
     async def release_claims(self, owner: str, ids: Sequence[str] | None = None) -> None:
         if ids is None:
-            await self._writer.run(lambda conn: conn.execute(queue.RELEASE, (owner,)))
+            await self._writer.run(
+                lambda conn: conn.execute(sqlite_sql(queue.RELEASE).sql, (owner,))
+            )
         else:
             await self._writer.run(lambda conn: conn.executemany(
-                queue.RELEASE_ONE, [(owner, i) for i in ids]
+                sqlite_sql(queue.RELEASE_ONE).sql, [(owner, i) for i in ids]
             ))  # fmt: skip
 
     async def heartbeat(
@@ -201,7 +243,7 @@ class SQLiteStorage:
         return renewed
 
     async def owners(self) -> list[Owner]:
-        return [Owner(*row) for row in await self._read(queue.OWNERS)]
+        return [Owner(*row) for row in await self._read(sqlite_sql(queue.OWNERS).sql)]
 
     async def release_owners(self, owners: Sequence[Owner]) -> int:
         released: int = await self._writer.run(
@@ -210,10 +252,10 @@ class SQLiteStorage:
         return released
 
     async def retire(self, owner: str) -> None:
-        await self._writer.run(lambda conn: conn.execute(queue.RETIRE, (owner,)))
+        await self._writer.run(lambda conn: conn.execute(sqlite_sql(queue.RETIRE).sql, (owner,)))
 
     async def backlog(self) -> int:
-        rows = await self._read(queue.BACKLOG)
+        rows = await self._read(sqlite_sql(queue.BACKLOG).sql)
         return int(rows[0][0])
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
@@ -232,8 +274,8 @@ class SQLiteStorage:
         count, page = list_queries(
             status=status, source=source, task_id=task_id, limit=limit, before_seq=before_seq
         )
-        total = (await self._read(*count))[0][0]
-        return page_of(await self._read(*page), total=total, limit=limit)
+        total = (await self.query(*count))[0][0]
+        return page_of(await self.query(*page), total=total, limit=limit)
 
     async def scan_deliveries(
         self,
@@ -245,7 +287,7 @@ class SQLiteStorage:
         since: float | None = None,
         until: float | None = None,
     ) -> list[DeliveryRecord]:
-        rows = await self._read(*scan_query(
+        rows = await self.query(*scan_query(
             after_seq=after_seq, limit=limit, status=status, source=source, since=since,
             until=until,
         ))  # fmt: skip

@@ -1,4 +1,6 @@
-"""Versioned SQLite schema. Migration N brings ``PRAGMA user_version`` from N-1 to N."""
+"""The SQLite schema of earlier releases: migration N brought ``PRAGMA user_version`` from
+N-1 to N. Version 4 is the schema `tables` describes (the core's history, `core_schema`,
+starts there); a database of an older release is brought to it by these scripts first."""
 
 from __future__ import annotations
 
@@ -163,3 +165,11 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("ROLLBACK")
         raise
     return version
+
+
+def upgrade_legacy(conn: sqlite3.Connection) -> None:
+    """Bring a database of a release before the previous one to version 4 (the schema
+    `core_schema` adopts); a new database is left to `core_schema`."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if 0 < version < len(MIGRATIONS):
+        migrate(conn)
