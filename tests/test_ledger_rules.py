@@ -156,6 +156,17 @@ def test_error_with_clear_unique_id_releases_it_for_a_successor() -> None:
     assert successor.state.unique_id == "kitten-001"
 
 
+def test_the_release_is_said_whichever_task_took_the_unique_id_first() -> None:
+    """The errored task's callback arriving after its successor's (which took the id) says
+    what in-order delivery says: the same events, so they do not depend on the order in which
+    different tasks' deliveries are applied (several replicas apply them in any order)."""
+    first = apply(None, cb("03-error-on-creation-clear-unique-id.json"), holder=None)
+    late = apply(None, cb("03-error-on-creation-clear-unique-id.json"), holder="successor")
+    assert names(late) == names(first) == ["task.errored", "unique_id.released"]
+    assert [e.identity for e in late.events] == [e.identity for e in first.events]
+    assert late.release is None and late.bind is None  # the successor's binding is untouched
+
+
 def test_a_bound_task_that_errors_releases_its_binding() -> None:
     body = sample_json("03-error-on-creation-clear-unique-id.json")
     body["status"] = body["task"]["status"] = "pending"

@@ -212,8 +212,11 @@ def apply(
         release = held
         events.append(Derived("unique_id.released", {"unique_id": held}, vkey, at))
         held = None
-    elif releasing and named and holder in (None, task_id) and status != old_status:
-        # First seen already errored/canceled: the vendor freed an id we never bound.
+    elif releasing and named and status != old_status:
+        # First seen already errored/canceled: the vendor freed an id we never bound. Said
+        # whichever task holds it here now: a successor that took it first only got here
+        # first (the vendor lets it take the id once freed), and in-order delivery would
+        # have said it too, so the events do not depend on other tasks' order.
         events.append(Derived("unique_id.released", {"unique_id": named}, vkey, at))
     if wanted is not None and held != wanted:
         if holder is None or holder == task_id:

@@ -268,8 +268,18 @@ def run_rows(runs: Sequence[HandlerRun], now: float) -> list[dict[str, Any]]:
 
 def save_events_in(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -> None:
     """Persist a delivery's events inside the caller's SQLite transaction."""
-    inserted, linked = event_rows(delivery_id, events)
+    save_many_in(conn, {delivery_id: events})
+
+
+def save_many_in(conn: Any, batch: Mapping[str, Sequence[StoredEvent]]) -> None:
+    """Persist deliveries' events and mark them derived: three statements for the batch."""
+    inserted: list[dict[str, Any]] = []
+    linked: list[dict[str, Any]] = []
+    for delivery_id, events in batch.items():
+        rows, links = event_rows(delivery_id, events)
+        inserted += rows
+        linked += links
     insert, link = sqlite_sql(INSERT_EVENTS), sqlite_sql(LINK_EVENTS)
     conn.executemany(insert.sql, many(insert, inserted))
     conn.executemany(link.sql, many(link, linked))
-    conn.execute(sqlite_sql(MARK_DERIVED).sql, (delivery_id,))
+    conn.executemany(sqlite_sql(MARK_DERIVED).sql, [(i,) for i in batch])

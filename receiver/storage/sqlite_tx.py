@@ -30,6 +30,7 @@ from receiver.storage.rows import (
     insert_params,
     row_to_record,
     save_events_in,
+    save_many_in,
 )
 
 T = TypeVar("T")
@@ -125,8 +126,7 @@ class SQLiteTx:
         save_events_in(self._conn, delivery_id, [persisted(e) for e in events])
 
     async def save_many(self, batch: Mapping[str, Sequence[StoredEvent]]) -> None:
-        for delivery_id, events in batch.items():
-            save_events_in(self._conn, delivery_id, events)
+        save_many_in(self._conn, batch)
 
     async def store_delivery(self, delivery: NewDelivery) -> DeliveryRecord:
         headers = header_block(delivery.headers, self._max_header_bytes)
