@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from receiver.bodies import media_type
 from receiver.config import Settings
 from receiver.errors import PayloadError, VerificationError
 from receiver.records import new_id
+from receiver.source_runtime import SourceRuntime
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +148,14 @@ async def replay_local(
 
     Up to `window` deliveries are in flight at once so they share group commits; each is
     verified and parsed synchronously up to its store, so receipt order is file order. Where
-    concurrent stores may commit out of order (PostgreSQL), one is stored at a time: a
-    task's deliveries must keep their order.
+    concurrent stores may commit out of order (PostgreSQL's pool), deliveries of different
+    tasks are stored at once and one task's one after the other: a task's deliveries keep
+    their order.
     """
-    if not app.storage.ordered_stores:
-        window = 1
+    ordered = app.storage.ordered_stores
+    if not ordered:
+        window = min(window, 64)  # the pool's connections, and a few waiting
+    last_of_task: dict[tuple[str, str], asyncio.Future[tuple[int, bytes]]] = {}
     summary = Summary()
     progress = Progress()
     pending: list[asyncio.Task[tuple[int, bytes]]] = []
@@ -178,17 +183,44 @@ async def replay_local(
             except (VerificationError, PayloadError) as exc:
                 summary.rejected[str(exc)] += 1
         else:
-            pending.append(asyncio.ensure_future(app.intake.accept(
+            store = app.intake.accept(
                 source, record.body, record.headers, received_at=record.received_at,
                 replayed=True, operator=record.operator,
-            )))  # fmt: skip
+            )  # fmt: skip
+            if not ordered:
+                key = (source.name, _task_of(source, record))
+                store = _after(last_of_task.get(key), store)
+            future = asyncio.ensure_future(store)
+            if not ordered:
+                last_of_task[key] = future
+            pending.append(future)
             if len(pending) >= window:
                 await settle()
+                last_of_task.clear()
     await settle()
     progress.close()
     if drain and not dry_run:
         await app.dispatcher.drain(within=3600, wait_for_retries=False)
     return summary
+
+
+def _task_of(source: SourceRuntime, record: Recorded) -> str:
+    """The task a recorded delivery is about (its own id when unreadable: alone)."""
+    try:
+        parsed = source.adapter.parse(record.body, record.headers.get("content-type", ""))
+    except PayloadError:
+        return f"\0{id(record)}"
+    return parsed.task_id or f"\0{id(record)}"
+
+
+async def _after(
+    earlier: asyncio.Future[tuple[int, bytes]] | None,
+    store: Coroutine[Any, Any, tuple[int, bytes]],
+) -> tuple[int, bytes]:
+    if earlier is not None:
+        with contextlib.suppress(Exception):  # its own failure is counted where it happened
+            await earlier
+    return await store
 
 
 async def replay_remote(

@@ -26,7 +26,7 @@ Row = dict[str, Any]
 COLUMNS = tuple(c.name for c in TASKS.columns)
 # Keys big enough for a batch of ids in one statement (padded with a repeat of the last):
 # a handful of shapes, each compiled once per dialect.
-_SIZES = (1, 8, 32, 128, 512)
+_SIZES = (1, 8, 32, 128, 256, 512)
 
 
 def _in_list(column: sa.ColumnElement[Any], n: int) -> sa.ColumnElement[bool]:
@@ -59,7 +59,11 @@ _UPSERT = sa.text(
     "ON CONFLICT (task_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("task_id", "created_at"))
 )
-_DROP_TAGS = sa.text("DELETE FROM ledger_task_tags WHERE task_id = :task_id")
+# By the whole key (the table is keyed for listing by tag, not by task).
+_DROP_TAG = sa.text(
+    "DELETE FROM ledger_task_tags WHERE tag = :tag AND created_at = :created_at "
+    "AND task_id = :task_id"
+)
 _ADD_TAG = sa.text(
     "INSERT INTO ledger_task_tags (tag, created_at, task_id) VALUES (:tag, :created_at, :task_id) "
     "ON CONFLICT DO NOTHING"
@@ -214,11 +218,12 @@ class Batch:
         for row in rows:
             assert row is not None
             tags = self._tags[row["task_id"]]
-            if tags != self._tags_loaded.get(row["task_id"], []):
-                drop.append({"task_id": row["task_id"]})
-                add += [{"tag": t, "created_at": row["created_at"], "task_id": row["task_id"]}
-                        for t in dict.fromkeys(tags)]  # fmt: skip
-        await tx.executemany(_DROP_TAGS, drop)
+            before = self._tags_loaded.get(row["task_id"], [])
+            if tags != before:
+                key = {"created_at": row["created_at"], "task_id": row["task_id"]}
+                drop += [key | {"tag": t} for t in dict.fromkeys(before) if t not in tags]
+                add += [key | {"tag": t} for t in dict.fromkeys(tags) if t not in before]
+        await tx.executemany(_DROP_TAG, drop)
         await tx.executemany(_ADD_TAG, add)
         unbind = [u for u, t in self._holders.items() if t is None and self._holders_loaded[u]]
         bind = [(u, t) for u, t in self._holders.items()

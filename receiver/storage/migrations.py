@@ -69,12 +69,19 @@ class Histories:
     def declared(self) -> dict[str, tuple[Migration, ...]]:
         return dict(self._declared)
 
-    async def apply(self, transaction: Transaction) -> dict[str, int]:
-        """Apply every step the database lacks; each component's resulting version."""
-        await transaction(_ensure_table)
-        versions: dict[str, int] = {}
-        for component, steps in self._declared.items():
-            versions[component] = await apply_history(transaction, component, steps)
+    async def apply(
+        self, transaction: Transaction, *, on_failure: Callable[[], Awaitable[None]]
+    ) -> dict[str, int]:
+        """Apply every step the database lacks; each component's resulting version. On a
+        failure (a schema this release cannot run on) `on_failure` closes what was opened."""
+        try:
+            await transaction(_ensure_table)
+            versions: dict[str, int] = {}
+            for component, steps in self._declared.items():
+                versions[component] = await apply_history(transaction, component, steps)
+        except BaseException:
+            await on_failure()
+            raise
         return versions
 
 

@@ -31,7 +31,7 @@ from receiver.storage.rows import (
     MARK_DERIVED,
     UNAPPLIED,
     UPSERT_RUNS,
-    event_rows,
+    batch_event_rows,
     header_block,
     insert_params,
     row_to_record,
@@ -163,12 +163,7 @@ async def run_transaction(
 
 async def save_events(conn: Any, batch: Mapping[str, Sequence[StoredEvent]]) -> None:
     """Persist deliveries' events and mark them derived: three statements for the batch."""
-    inserted: list[dict[str, Any]] = []
-    linked: list[dict[str, Any]] = []
-    for delivery_id, events in batch.items():
-        rows, links = event_rows(delivery_id, events)
-        inserted += rows
-        linked += links
+    inserted, linked = batch_event_rows(batch)
     if inserted:
         c = postgres_sql(INSERT_EVENTS)
         await conn.executemany(c.sql, many(c, inserted))

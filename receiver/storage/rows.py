@@ -256,6 +256,19 @@ def event_rows(
     )  # fmt: skip
 
 
+def batch_event_rows(
+    batch: Mapping[str, Sequence[StoredEvent]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`event_rows` of several deliveries, concatenated."""
+    inserted: list[dict[str, Any]] = []
+    linked: list[dict[str, Any]] = []
+    for delivery_id, events in batch.items():
+        rows, links = event_rows(delivery_id, events)
+        inserted += rows
+        linked += links
+    return inserted, linked
+
+
 def run_rows(runs: Sequence[HandlerRun], now: float) -> list[dict[str, Any]]:
     """Parameters of UPSERT_RUNS."""
     return [
@@ -273,12 +286,7 @@ def save_events_in(conn: Any, delivery_id: str, events: Sequence[StoredEvent]) -
 
 def save_many_in(conn: Any, batch: Mapping[str, Sequence[StoredEvent]]) -> None:
     """Persist deliveries' events and mark them derived: three statements for the batch."""
-    inserted: list[dict[str, Any]] = []
-    linked: list[dict[str, Any]] = []
-    for delivery_id, events in batch.items():
-        rows, links = event_rows(delivery_id, events)
-        inserted += rows
-        linked += links
+    inserted, linked = batch_event_rows(batch)
     insert, link = sqlite_sql(INSERT_EVENTS), sqlite_sql(LINK_EVENTS)
     conn.executemany(insert.sql, many(insert, inserted))
     conn.executemany(link.sql, many(link, linked))

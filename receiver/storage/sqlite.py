@@ -109,11 +109,7 @@ class SQLiteStorage:
             conn.close()
 
     async def _migrate_components(self) -> None:
-        try:
-            self.versions = await self.histories.apply(self.transaction)
-        except BaseException:
-            await self.close()  # a schema this release cannot run on: nothing left open
-            raise
+        self.versions = await self.histories.apply(self.transaction, on_failure=self.close)
 
     async def close(self) -> None:
         self._probe.forget()
