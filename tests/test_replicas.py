@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from receiver.app import create_app
@@ -30,6 +31,30 @@ LEDGER = (
     "version, audits, task FROM ledger_tasks ORDER BY task_id"
 )
 EVENTS = "SELECT event_id, name, task_id, payload FROM events ORDER BY event_id"
+
+
+# Per replica (application_name), the sessions holding more than one advisory lock now.
+HOLDERS = """
+    SELECT a.application_name FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'taskhook:%'
+    GROUP BY a.pid, a.application_name HAVING count(*) > 1
+"""
+
+
+def sample_ledger_overlap(url: str, done: threading.Event, found: list[int]) -> None:
+    """Count the samples in which sessions of two replicas hold batch locks at once."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            while not done.is_set():
+                replicas = {r[0] for r in await conn.fetch(HOLDERS)}
+                found.append(int(len(replicas) >= 2))
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 def workload() -> list[bytes]:
@@ -126,13 +151,20 @@ def test_three_replicas_share_one_ledger_exactly_once(tmp_path: Path, pg_url: st
             status = response.json()["status"]
             answers[status] = answers.get(status, 0) + 1
 
+    overlaps: list[int] = []
+    done = threading.Event()
+    sampler = threading.Thread(target=sample_ledger_overlap, args=(pg_url, done, overlaps))
     try:
         with ThreadPoolExecutor(3) as pool:
             list(pool.map(launch, ports))
+        sampler.start()
         with ThreadPoolExecutor(24) as pool:
             list(pool.map(send, range(TOTAL)))
         wait_until_processed(pg_url, within=420)
     finally:
+        done.set()
+        if sampler.is_alive():
+            sampler.join(timeout=10)
         for client in clients:
             client.close()
         for proc in replicas:
@@ -160,6 +192,11 @@ def test_three_replicas_share_one_ledger_exactly_once(tmp_path: Path, pg_url: st
     events = fetch(pg_url, EVENTS)
     print(f"deliveries {by_status}, applied once {len(applied)}, handler runs {runs}")
     assert runs == [("ok", 1, len(events))]
+    # No global lock: replicas held their batches' key locks at the same time (sampled from
+    # pg_locks: sessions of two replicas, each in a transaction holding a batch's many
+    # advisory locks; a delivery's insert holds one).
+    print(f"pg_locks samples with >= 2 replicas applying batches at once: {sum(overlaps)}")
+    assert sum(overlaps) >= 1
     # Every replica did part of the work.
     owners = fetch(pg_url, "SELECT count(DISTINCT delivery_id) FROM handler_runs")
     assert owners[0][0] > 0
