@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from receiver import verify
+from receiver.actions import parse_action
 from receiver.app import TaskhookApp
 from receiver.bodies import media_type
 from receiver.config import Settings
@@ -205,8 +206,11 @@ async def replay_local(
 
 
 def _task_of(source: SourceRuntime, record: Recorded) -> str:
-    """The task a recorded delivery is about (its own id when unreadable: alone)."""
+    """The task a recorded delivery is about (an operator's action: the task it acted on;
+    its own id when unreadable: alone)."""
     try:
+        if record.operator is not None:
+            return parse_action(record.body).task_id
         parsed = source.adapter.parse(record.body, record.headers.get("content-type", ""))
     except PayloadError:
         return f"\0{id(record)}"
