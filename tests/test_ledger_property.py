@@ -46,19 +46,23 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
             "clear_unique_id_on_error": True,
         }  # fmt: skip
 
+        # As some published examples do: the first completion sent without updated_at.
+        bare_completion = draw(st.booleans())
+
         def emit(status: str, response: Any, task: dict[str, Any] = task) -> None:
-            nonlocal clock
+            nonlocal clock, bare_completion
             clock += 1
+            if status == "completed" and task["status"] != "completed":
+                task["completed_at"] = stamp(clock)
             task["status"] = status
             task["updated_at"] = stamp(clock)
             task["response"] = response
+            sent = json.loads(json.dumps(task))
+            if bare_completion and status == "completed":
+                del sent["updated_at"]
+                bare_completion = False
             snapshots.append(
-                {
-                    "task_id": task["task_id"],
-                    "status": status,
-                    "response": response,
-                    "task": json.loads(json.dumps(task)),
-                }
+                {"task_id": task["task_id"], "status": status, "response": response, "task": sent}
             )
 
         emit("pending", None)
@@ -73,6 +77,8 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
                 task["audits"] = [*task["audits"], {"audited_by": "qa@x", "audited_at":
                                   stamp(clock + 1), "audit_result": result}]  # fmt: skip
                 response = {"label": f"fix{clock}"} if result == "fixed" else task["response"]
+                if draw(st.booleans()):  # the vendor's own review status, sent with it
+                    task["customer_review_status"] = result
                 emit("completed", response)
             elif step == "recall" and task["status"] == "completed":
                 emit("pending", None)

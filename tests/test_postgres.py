@@ -44,7 +44,7 @@ def test_taskhook_migrate_creates_every_table(tmp_path: Path, pg_url: str) -> No
     assert {"deliveries", "events", "handler_runs", "reconcile_cursors", "ledger_tasks",
             "ledger_history", "ledger_counts", "taskhook_components"} <= tables  # fmt: skip
     versions = dict(fetch(pg_url, "SELECT component, version FROM taskhook_components"))
-    assert versions == {"core": 1, "ledger": 2}
+    assert versions == {"core": 1, "ledger": 3}
 
 
 @pytest.mark.parametrize(

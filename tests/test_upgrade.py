@@ -2,8 +2,9 @@
 
 The previous release's schema is built here from its own DDL (the core's `taskhook_migrations`
 / ``user_version`` 4, the ledger's tables created IF NOT EXISTS with a global generation row);
-the app then opens it: the core is adopted at version 1, the ledger migrates to version 2
-(per-filter counts seeded from the tasks it has), and what was there is still served.
+the app then opens it: the core is adopted at version 1, the ledger migrates to version 3
+(per-filter counts seeded from the tasks it has, completed_at filled in), and what was there
+is still served.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ OLD_LEDGER_PG = OLD_LEDGER.replace(
     "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"
 ).replace("REAL", "DOUBLE PRECISION")
 TASK = {"task_id": "old-1", "status": "completed", "type": "imageannotation", "project": "p1",
-        "created_at": "2024-01-02T03:04:05Z", "tags": ["t1"], "unique_id": "u-1"}  # fmt: skip
+        "created_at": "2024-01-02T03:04:05Z", "tags": ["t1"], "unique_id": "u-1",
+        "completed_at": "2024-01-02T05:00:00Z"}  # fmt: skip
 DELIVERY = ("dlv_old", "refonte", "refonte", 1.7e9, "{}", b'{"old": true}', "application/json",
             "k-old", "old-1", "processed", 1)  # fmt: skip
 TASK_ROW = ("old-1", "refonte", "completed", "imageannotation", "p1", None, "u-1", None, None,
@@ -148,6 +150,8 @@ def test_a_previous_release_database_upgrades_and_keeps_its_data(
             assert listed["total"] == 1 and [d["task_id"] for d in listed["docs"]] == ["old-1"]
             tagged = (await client.get("/v1/tasks?tag=t1", headers=auth)).json()
             assert tagged["total"] == 1
+            path = "/v1/tasks?project=p1&completed_after=2024-01-02 04:00:00.000000"
+            assert (await client.get(path, headers=auth)).json()["total"] == 1
             old = await app.storage.get_delivery("dlv_old")
             assert old is not None and old.body == b'{"old": true}' and old.events_derived
 
@@ -157,7 +161,9 @@ def test_a_previous_release_database_upgrades_and_keeps_its_data(
 
     asyncio.run(serve())
     versions = dict(fetch(url, "SELECT component, version FROM taskhook_components"))
-    assert versions == {"core": 1, "ledger": 2}
+    assert versions == {"core": 1, "ledger": 3}
+    # Version 3's column, filled from each task's own snapshot.
+    assert fetch(url, "SELECT completed_at FROM ledger_tasks") == [("2024-01-02T05:00:00.000000Z",)]
     assert "ledger_meta" not in tables(url) and "ledger_counts" in tables(url)
     assert fetch(url, "SELECT status, project, n FROM ledger_counts") == [("completed", "p1", 1)]
     # Opening it again changes nothing.

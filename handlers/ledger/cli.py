@@ -7,15 +7,8 @@ from datetime import datetime
 
 import orjson
 
-from handlers.ledger.api import (
-    COLUMN_FILTERS,
-    BadQuery,
-    Query,
-    build_query,
-    count_statement,
-    fetch_task,
-    sql_query,
-)
+from handlers.ledger.api import Query, fetch_task, sql_query
+from handlers.ledger.query import COLUMN_FILTERS, BadQuery, build_query, count_statement
 from handlers.ledger.store import iso
 from receiver.plugin_store import PluginStorage
 from receiver.registry import Command

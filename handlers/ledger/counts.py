@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,12 +68,16 @@ class Totals:
         self._counted: dict[tuple[Any, ...], tuple[Any, float, int]] = {}
 
     async def total(
-        self, filters: Mapping[str, str], count: sa.TextClause, args: Mapping[str, Any]
+        self,
+        filters: Mapping[str, Sequence[str]],
+        count: sa.TextClause,
+        args: Mapping[str, Any],
     ) -> int:
-        """`filters`: the listing's parameters; `count`/`args`: its exact COUNT query."""
-        if set(filters) <= set(COUNTED):
+        """`filters`: the listing's filters and their values; `count`/`args`: its exact
+        COUNT query."""
+        if set(filters) <= set(COUNTED) and all(len(v) == 1 for v in filters.values()):
             names = tuple(sorted(filters))
-            rows = await self._storage.query(self._cube(names), dict(filters))
+            rows = await self._storage.query(self._cube(names), {n: filters[n][0] for n in names})
             return int(rows[0][0] or 0)
         mark = (await self._storage.query(_MARK))[0][0]
         key = (count.text, tuple(sorted(args.items())))

@@ -30,7 +30,8 @@ async def _body(request: Request) -> dict[str, Any]:
 
 def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
     def authorize(request: Request) -> str | JSONResponse:
-        who = keys.authorize(request.headers.get("authorization"), "task.edit") if keys else None
+        header = request.headers.get("authorization")
+        who = keys.authorize(header, "task.edit", basic=True) if keys else None
         if who is None or isinstance(who, Denied):
             status, reason = (who.status, who.reason) if who else (401, "no API keys configured")
             return JSONResponse({"error": reason}, status_code=status)

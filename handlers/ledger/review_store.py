@@ -56,7 +56,7 @@ def _save(batch: Batch, source: str, task: dict[str, Any], delivery: DeliveryRec
             "task_id": task["task_id"], "source": source, "type": "document-review",
             "batch": None, "unique_id": None, "claimed_unique_id": None,
             "customer_review_status": None, "created_at": at, "response": None,
-            "version": _NO_VERSION, "audits": "[]",
+            "version": _NO_VERSION, "audits": "[]", "completed_at": None,
         }  # fmt: skip
     batch.put(row, tags=[], prior_tags=[])
 

@@ -5,16 +5,19 @@ what the ledger holds for a task and one incoming snapshot and says what is true
 new state, whether the snapshot was stale, the events it means, and what happens to the
 task's `unique_id` binding. No I/O: the store around it loads and saves state atomically.
 
-Which snapshot is newer (rule 1), in order of precedence:
+Which snapshot is newer (rule 1): each snapshot has a key, and snapshots are ordered by it,
+so the order is total whichever fields each carries (vendors' published examples omit
+`updated_at` now and then):
 
-| both snapshots carry | newer is the one with |
-|---|---|
-| `updated_at` (and they differ) | the later `updated_at` |
-| otherwise | more audits; then the later newest `audited_at`; then the later |
-| | `completed_at`; then the later status: pending < error < canceled < completed |
+1. its moment: `updated_at` when it carries one, else the latest time it does carry (its
+   newest `audited_at`, its `completed_at`), else none (the earliest);
+2. then more audits; the later newest `audited_at`; the later `completed_at`; the later
+   status: pending < error < canceled < completed.
 
-A snapshot that compares older is stale: recorded, changes nothing. One that compares equal
-is applied (it may still carry changed tags or metadata).
+So a recall that carries `updated_at` is newer than the completed snapshot before it that
+carried none (its moment is its completion). A snapshot whose key is smaller is stale:
+recorded, changes nothing. One whose key is equal is applied (it may still carry changed
+tags or metadata).
 """
 
 from __future__ import annotations
@@ -60,13 +63,20 @@ class Version:
         return f"{stamp}|{count}|{audit.isoformat()}|{done.isoformat()}|{rank}"
 
 
+def moment(v: Version) -> datetime:
+    """When the snapshot says it is from: `updated_at`, else the latest time it carries."""
+    if v.updated_at is not None:
+        return _aware(v.updated_at)
+    return max(_aware(v.newest_audit), _aware(v.completed_at))
+
+
+def order_key(v: Version) -> tuple[datetime, int, datetime, datetime, int]:
+    return (moment(v), *v.derived())
+
+
 def compare(new: Version, applied: Version) -> int:
-    """-1 when `new` is older than `applied`, 0 when equal, 1 when newer."""
-    if new.updated_at is not None and applied.updated_at is not None:
-        a, b = _aware(new.updated_at), _aware(applied.updated_at)
-        if a != b:
-            return 1 if a > b else -1
-    x, y = new.derived(), applied.derived()
+    """-1 when `new` is older than `applied`, 0 when equal, 1 when newer (module docstring)."""
+    x, y = order_key(new), order_key(applied)
     return (x > y) - (x < y)
 
 
@@ -121,6 +131,16 @@ def releasing_unique_id(callback: RefonteCallback) -> bool:
     return (status == "error" and task_flag(callback.task, "clear_unique_id_on_error")) or (
         status == "canceled" and task_flag(callback.task, "clear_unique_id")
     )
+
+
+def _prior_response(callback: RefonteCallback, prior: TaskState | None) -> Any:
+    """The response a fix replaced: the vendor's `prior_responses` (the last one) when it
+    sends them, else what the ledger held."""
+    extra = callback.task.model_extra or {}
+    sent = extra.get("prior_responses")
+    if isinstance(sent, list) and sent:
+        return sent[-1]
+    return prior.response if prior is not None else None
 
 
 def _newest_audit(audits: list[Audit]) -> Audit | None:
@@ -182,8 +202,10 @@ def apply(
             continue
         seen.add(identity)
         audited: dict[str, Any] = {"audit": audit.model_dump(mode="json")}
-        if audit.audit_result == "fixed" and prior is not None:
-            audited |= {"prior_response": prior.response, "response": response}
+        if audit.audit_result == "fixed":
+            before = _prior_response(callback, prior)
+            if before is not None or prior is not None:
+                audited |= {"prior_response": before, "response": response}
         events.append(Derived("task.audited", audited, identity, audit.audited_at))
 
     if prior is not None:
@@ -198,7 +220,9 @@ def apply(
             events.append(Derived("task.updated", {"changes": changes}, vkey, at))
 
     newest = _newest_audit(audits)
-    review = newest.audit_result if newest else callback.task.customer_review_status
+    # The vendor's own word wins: its audits may list the newest first, or carry times that
+    # do not say which one it counted.
+    review = callback.task.customer_review_status or (newest.audit_result if newest else None)
 
     held = prior.unique_id if prior else None
     named = callback.task.unique_id

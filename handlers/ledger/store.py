@@ -19,6 +19,7 @@ import orjson
 
 from handlers.ledger.batch import Batch, Row
 from handlers.ledger.rules import Outcome, TaskState, Version, apply
+from handlers.ledger.tables import completed_at
 from receiver.bodies import decode
 from receiver.errors import PayloadError
 from receiver.events import Event, event_id
@@ -191,7 +192,7 @@ def _save_task(
             "updated_at": iso(updated) if updated else None, "task": _json(task),
             "response": _json(state.response), "version": _version_json(state.version),
             "audits": _json(sorted(state.audits)), "last_delivery_id": delivery.id,
-            "ledger_updated_at": time.time(),
+            "ledger_updated_at": time.time(), "completed_at": completed_at(task),
         },
         tags=[str(t) for t in task.get("tags") or []],
         prior_tags=[str(t) for t in prior_tags],

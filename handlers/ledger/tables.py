@@ -9,6 +9,9 @@ that appliers only append (no row is ever contended) and that are folded now and
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import orjson
 import sqlalchemy as sa
 
 from receiver.plugin_store import Migration, Tx
@@ -40,6 +43,8 @@ TASKS = sa.Table(
     sa.Column("audits", sa.Text, nullable=False),
     sa.Column("last_delivery_id", sa.Text),
     sa.Column("ledger_updated_at", _real(), nullable=False),
+    # Version 3 (a database of an earlier version has it added by `_v3`).
+    sa.Column("completed_at", sa.Text),
 )
 _T = TASKS.c
 sa.Index("ledger_tasks_created", _T.created_at, _T.task_id)
@@ -122,7 +127,52 @@ async def _v2(tx: Tx) -> None:
     await tx.execute(_SEED_COUNTS)
 
 
+_HAS_COLUMN = {
+    "sqlite": sa.text("SELECT count(*) FROM pragma_table_info('ledger_tasks') WHERE name = :c"),
+    "postgresql": sa.text(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'ledger_tasks' AND column_name = :c"
+    ),
+}
+_WITHOUT_COMPLETED = sa.text(
+    "SELECT task_id, task FROM ledger_tasks WHERE completed_at IS NULL AND task_id > :after "
+    "ORDER BY task_id LIMIT 2000"
+)
+_SET_COMPLETED = sa.text("UPDATE ledger_tasks SET completed_at = :at WHERE task_id = :task_id")
+
+
+async def _v3(tx: Tx) -> None:
+    """completed_at as a column (the SDK's completed_after / completed_before filters)."""
+    found = await tx.fetchone(_HAS_COLUMN[tx.dialect], {"c": "completed_at"})
+    if found is None or not found[0]:
+        await tx.execute(sa.text("ALTER TABLE ledger_tasks ADD COLUMN completed_at TEXT"))
+    await tx.execute(sa.text(
+        "CREATE INDEX IF NOT EXISTS ledger_tasks_completed ON ledger_tasks (completed_at)"
+    ))  # fmt: skip
+    after = ""
+    while rows := await tx.fetch(_WITHOUT_COMPLETED, {"after": after}):
+        # The snapshot's own value, normalized as every time column is (text order = time).
+        await tx.executemany(_SET_COMPLETED, [
+            {"task_id": task_id, "at": completed_at(orjson.loads(task))}
+            for task_id, task in rows
+        ])  # fmt: skip
+        after = rows[-1][0]
+
+
+def completed_at(task: dict[str, object]) -> str | None:
+    value = task.get("completed_at")
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 MIGRATIONS = (
     Migration(1, "tasks, tags, unique_id bindings, history", _v1),
     Migration(2, "per-filter task counts instead of one global generation row", _v2),
+    Migration(3, "completed_at of each task, indexed", _v3),
 )
