@@ -23,19 +23,21 @@ from pydantic import (
 from receiver.signing import standard_webhooks_key_size
 
 SourceKind = Literal[
-    "refonte", "cloudfactory", "standard-webhooks", "document-review", "clarifai", "taskmonk"
-]
+    "refonte", "cloudfactory", "standard-webhooks", "document-review", "clarifai", "taskmonk",
+    "labelbox", "label-studio",
+]  # fmt: skip
 # Kinds whose vendor never calls back: their deliveries come only from the poller.
 POLLED_KINDS = frozenset({"clarifai", "taskmonk"})
 TASKMONK_URLS = {"staging": "https://preprod.taskmonk.io", "production": "https://api.taskmonk.io"}
 DEFAULT_API_URLS = {"refonte": "https://api.refonte.com", "clarifai": "https://api.clarifai.com"}
-VerifyScheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
+VerifyScheme = Literal["header-token", "hmac-sha256", "hmac-sha1", "standard-webhooks", "none"]
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 EVENT_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
 DEFAULT_HEADERS: dict[str, str] = {
     "header-token": "refonte-callback-auth",
     "hmac-sha256": "x-signature-sha256",
+    "hmac-sha1": "x-hub-signature",  # GitHub's legacy header, as Labelbox signs
 }
 
 
@@ -63,6 +65,10 @@ class ReconcileSettings(StrictModel):
     app_id: str | None = None
     # taskmonk: the output fields to ask for (empty: every field)
     output_fields: tuple[str, ...] = ()
+    # taskmonk: the output file's format (the SDK's `output_format`; CSV is its default)
+    output_format: Literal["CSV", "JSON"] = "CSV"
+    # taskmonk: how long to follow an output job before the pass fails, naming the job
+    job_wait_seconds: float = Field(default=600.0, gt=0)
     # Run the poller inside `taskhook serve` every `interval_seconds`.
     enabled: bool = False
     interval_seconds: float = Field(default=300.0, gt=0)
@@ -123,6 +129,9 @@ class SourceSettings(StrictModel):
                 raise ValueError(f"a {self.kind} source needs a [reconcile] table")
         elif self.verify != "none" and not self.secrets:
             raise ValueError(f"verify = {self.verify!r} needs `secrets` or `secrets_env`")
+        if self.kind == "label-studio" and self.verify == "header-token" and not self.header:
+            # The user picks the header on the webhook in Label Studio: no default can guess it.
+            raise ValueError("a label-studio header-token source names its `header`")
         if self.verify == "standard-webhooks":
             for n, secret in enumerate(self.secret_values(), start=1):
                 _check_whsec(secret, n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -24,7 +25,7 @@ from receiver.reconcile.http import ClientCredentials, VendorClient, retry_after
 from receiver.reconcile.refonte import RefontePoller
 from tests.conftest import BACKENDS, READ_KEY, SECRET, AppFactory, client_for, signed
 from tests.test_cli import TASKHOOK, clean_env
-from tests.vendors import Fake, clarifai_api, refonte_api, serving, taskmonk_api
+from tests.vendors import ClarifaiWire, Fake, clarifai_api, refonte_api, serving, taskmonk_api
 
 
 @pytest.fixture(params=BACKENDS)
@@ -237,7 +238,7 @@ async def test_clarifai_task_statuses_end_in_the_ledger(build_app: AppFactory) -
                 await reconciler.poller.aclose()
 
 
-# --- TaskMonk: OAuth2, batch status, output job ---------------------------------------------
+# --- TaskMonk: OAuth2, batch status, output job (more in tests/test_taskmonk.py) -----------
 
 
 def taskmonk_task(task_id: str, batch: str, status: str, **extra: Any) -> dict[str, Any]:
@@ -251,8 +252,9 @@ def taskmonk_settings(url: str, **reconcile: Any) -> dict[str, Any]:
         "output_fields": ["label"], **FAST, **reconcile}}  # fmt: skip
 
 
+@pytest.mark.parametrize("output_format", ["CSV", "JSON"])
 async def test_taskmonk_batches_end_in_the_ledger_with_one_cached_token(
-    build_app: AppFactory,
+    build_app: AppFactory, output_format: str
 ) -> None:
     fake = Fake()
     fake.tasks = {
@@ -262,8 +264,8 @@ async def test_taskmonk_batches_end_in_the_ledger_with_one_cached_token(
         "m3": taskmonk_task("m3", "b2", "New"),
     }  # fmt: skip
     with serving(taskmonk_api(fake, "cid", "csecret", "p9")) as url:
-        app = build_app(handlers=["handlers.ledger"],
-                        sources={"taskmonk": taskmonk_settings(url)})  # fmt: skip
+        app = build_app(handlers=["handlers.ledger"], sources={
+            "taskmonk": taskmonk_settings(url, output_format=output_format)})  # fmt: skip
         async with app.started(), client_for(app) as client:
             reconciler = app.reconciler("taskmonk")
             try:
@@ -275,10 +277,11 @@ async def test_taskmonk_batches_end_in_the_ledger_with_one_cached_token(
                 assert m1["response"] == {"label": "cat"}
                 assert m1["metadata"]["external_id"] == "ext-m1"
                 assert m2["status"] == "pending"
-                assert len(fake.paths("/job/job-1/status")) == 2  # progress followed to done
+                assert len(fake.paths("/job/job-1/status")) == 2  # progress followed to 100 %
+                assert fake.paths("/api/project/v2/p9/batch/b1/output")
                 cursor = json.loads(first.cursor or "{}")
                 assert cursor["batches"]["b2"] == {
-                    "new": 1,
+                    "not_started": 1,
                     "in_progress": 0,
                     "completed": 0,
                     "total": 1,
@@ -442,3 +445,168 @@ async def test_the_token_is_refreshed_shortly_before_it_expires() -> None:
             assert fake.counts["tokens"] == 2
         finally:
             await client.aclose()
+
+
+# --- Clarifai: protobuf JSON variants; a pass that quarantines fails -------------------------
+
+
+def clarifai_variety() -> dict[str, dict[str, Any]]:
+    """Tasks using every value of the enums the poller reads, written as the docs write them."""
+    t1 = clarifai_task("t1", 54001, "2026-11-20T10:00:00Z")
+    t2 = clarifai_task("t2", 54002, "2026-11-20T10:01:00Z") | {
+        "type": "BOUNDING_BOX_DETECTION", "review": {"strategy": "NONE"},
+        "input_source": {"type": "DATASET", "id": "ds1"},
+    }  # fmt: skip
+    t3 = clarifai_task("t3", 54005, "2026-11-20T10:02:00Z") | {
+        "type": "POLYGON_DETECTION", "worker": {"strategy": "DYNAMIC", "user_ids": ["w3"]},
+        "review": {"strategy": "MANUAL", "user_ids": ["r2"],
+                   "manual_strategy_info": {"sample_percentage": 0.5}},
+        "input_source": {"type": "SAVED_SEARCH", "id": "s1"},
+    }  # fmt: skip
+    t4 = clarifai_task("t4", 54006, "2026-11-20T10:03:00Z") | {"worker": {"strategy": "FULL"}}
+    return {"t1": t1, "t2": t2, "t3": t3, "t4": t4}
+
+
+async def test_clarifai_protobuf_json_variants_end_in_the_ledger_alike(
+    build_app: AppFactory,
+) -> None:
+    fake = Fake()
+    fake.tasks = clarifai_variety()
+    # First as `use_integers_for_enums` prints them ("type": 1), codes as text ("54002").
+    wire = ClarifaiWire(integers=True, codes="text")
+    with serving(clarifai_api(fake, API_KEY, wire)) as url:
+        app = build_app(
+            handlers=["handlers.ledger"],
+            sources={"clarifai": {"kind": "clarifai", "reconcile": {
+                "base_url": url, "api_key": API_KEY, "app_id": "pets", "page_size": 3,
+                **FAST}}},
+        )  # fmt: skip
+        async with app.started(), client_for(app) as client:
+            reconciler = app.reconciler("clarifai")
+            try:
+                first = await reconciler.once()
+                await app.dispatcher.drain()
+                assert (first.fetched, first.fed, dict(first.quarantined)) == (4, 4, {})
+                seen = {tid: await task(client, tid) for tid in sorted(fake.tasks)}
+                assert [seen[t]["type"] for t in seen] == [
+                    "CONCEPTS_CLASSIFICATION", "BOUNDING_BOX_DETECTION", "POLYGON_DETECTION",
+                    "CONCEPTS_CLASSIFICATION",
+                ]  # fmt: skip
+                assert [seen[t]["status"] for t in seen] == [
+                    "pending",
+                    "completed",
+                    "error",
+                    "pending",
+                ]
+                strategies = [
+                    (seen[t]["metadata"]["worker_strategy"], seen[t]["metadata"]["review_strategy"])
+                    for t in seen
+                ]
+                assert strategies == [("PARTITIONED", "CONSENSUS"), ("PARTITIONED", "NONE"),
+                                      ("DYNAMIC", "MANUAL"), ("FULL", "CONSENSUS")]  # fmt: skip
+                assert [seen[t]["params"]["input_source"] for t in seen] == [
+                    {"type": "ALL_INPUTS"}, {"type": "DATASET", "id": "ds1"},
+                    {"type": "SAVED_SEARCH", "id": "s1"}, {"type": "ALL_INPUTS"},
+                ]  # fmt: skip
+                assert seen["t2"]["metadata"]["vendor_status"]["code"] == 54002
+
+                # Every other printing of the same tasks makes the same snapshots, byte for
+                # byte: nothing new is fed, no row is added, the ledger is as it was.
+                for integers, codes, camel in [
+                    (False, "number", False),  # names, as the docs write them
+                    (False, "name", False),  # "code": "TASK_DONE", "SUCCESS"
+                    (True, "number", False),
+                    (True, "name", True),  # and lowerCamelCase: "modifiedAt", "userIds"
+                    (False, "text", True),
+                ]:
+                    wire.integers, wire.codes, wire.camel = integers, codes, camel
+                    again = await reconciler.once()
+                    assert (again.fetched, again.fed, again.unchanged) == (4, 0, 4), wire
+                    assert not again.quarantined, wire
+                await app.dispatcher.drain()
+                assert {tid: await task(client, tid) for tid in seen} == seen
+                assert len(await deliveries_of(app, "clarifai")) == 4
+            finally:
+                await reconciler.poller.aclose()
+
+
+def test_reconcile_command_fails_a_pass_that_quarantined(tmp_path: Path) -> None:
+    fake = Fake()
+    fake.tasks = {
+        "t2": clarifai_task("t2", 54002, "2026-11-20T10:01:00Z"),
+        # The poller cannot read these: an enum that is an object, a task without an id.
+        "t7": clarifai_task("t7", 54002, "2026-11-20T10:07:00Z") | {"type": {"v": 1}},
+        "t9": {"name": "Annotate nothing", "status": {"code": 54001}},
+        # The intake cannot parse this one's snapshot: `modified_at` is no timestamp.
+        "t8": clarifai_task("t8", 54002, "yesterday"),
+    }
+    with serving(clarifai_api(fake, API_KEY, ClarifaiWire(integers=True))) as url:
+        config = tmp_path / "taskhook.toml"
+        config.write_text(
+            f'entry_points = false\nhandlers = ["handlers.ledger"]\n'
+            f'[database]\nurl = "sqlite:///{tmp_path / "t.db"}"\n'
+            f'[sources.clarifai]\nkind = "clarifai"\n'
+            f'[sources.clarifai.reconcile]\nbase_url = "{url}"\napi_key_env = "CLARIFAI_KEY"\n'
+        )
+
+        def taskhook(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*TASKHOOK, *args, "--config", str(config)], capture_output=True, text=True,
+                env=clean_env(CLARIFAI_KEY=API_KEY), timeout=60, check=False,
+            )  # fmt: skip
+
+        def quarantined() -> list[str]:
+            listed = taskhook("deliveries", "list", "--status", "quarantined", "--source",
+                              "clarifai")  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            return re.findall(r"\bdlv_\w+", listed.stdout)
+
+        done = taskhook("reconcile", "clarifai", "--once")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert "4 task snapshots read, 1 new fed" in done.stdout
+        assert "3 of the 4 records read were quarantined" in done.stderr
+        assert "task 't7': type is {'v': 1}: neither an enum name nor a number" in done.stderr
+        assert "a task without an id" in done.stderr
+        assert "updated_at" in done.stderr
+        assert "Traceback" not in done.stderr
+        # What could be read is applied; what could not is stored, quarantined, not lost.
+        shown = taskhook("tasks", "show", "t2")
+        assert shown.returncode == 0 and "completed" in shown.stdout
+        stored = quarantined()
+        assert len(stored) == 3
+
+        # The next pass still fails (the vendor still answers so), without a row more.
+        again = taskhook("reconcile", "clarifai", "--once")
+        assert again.returncode == 1 and "0 new fed, 1 unchanged" in again.stdout
+        assert "3 of the 4 records read were quarantined" in again.stderr
+        assert sorted(quarantined()) == sorted(stored)
+
+        # Once every task reads, the pass succeeds.
+        fake.tasks["t7"]["type"] = "CONCEPTS_CLASSIFICATION"
+        fake.tasks["t8"]["modified_at"] = "2026-11-20T10:08:00Z"
+        del fake.tasks["t9"]
+        fine = taskhook("reconcile", "clarifai", "--once")
+        assert fine.returncode == 0, fine.stderr
+        assert "3 task snapshots read, 2 new fed, 1 unchanged" in fine.stdout
+        assert "quarantined" not in fine.stderr
+
+
+def test_clarifai_enum_and_code_readings() -> None:
+    from receiver.reconcile.clarifai import Unreadable, enum, snapshot, status_code
+
+    for written in (54002, "54002", "TASK_DONE", 54002.0):
+        assert status_code({"code": written}) == 54002
+    assert status_code({"code": "SUCCESS"}) == 10000 and status_code({}) is None
+    assert status_code({"code": "TASK_SOMETHING_NEWER"}) == "TASK_SOMETHING_NEWER"
+    for bad in ({"code": True}, {"code": [1]}, "54002"):
+        with pytest.raises(Unreadable):
+            status_code(bad)
+    names = {1: "ALL_INPUTS"}
+    assert enum(1, names, "x") == enum("1", names, "x") == enum("ALL_INPUTS", names, "x")
+    assert enum(9, names, "x") == "9"  # a value newer than the table stays visible
+    with pytest.raises(Unreadable, match="x is True"):
+        enum(True, names, "x")
+    task = clarifai_task("t1", 54002, "2026-11-20T10:01:00Z")
+    assert snapshot(task, project="p")["task"]["updated_at"] == "2026-11-20T10:01:00Z"
+    with pytest.raises(Unreadable, match="worker is"):
+        snapshot(task | {"worker": "PARTITIONED"}, project="p")

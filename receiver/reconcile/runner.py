@@ -5,29 +5,43 @@ durably and dispatched like any delivery, and the ledger applies its rules uncha
 snapshot an earlier pass already fed (same bytes) is skipped before it is stored, so an
 unchanged task costs one indexed lookup, not a duplicate row per pass. The cursor is saved
 only after everything before it is stored: a pass that fails resumes, never skips.
+
+A record the poller read but could not make a snapshot of is stored quarantined with the
+poller's reason, like a snapshot the intake cannot parse: nothing read is dropped unseen,
+and the pass's summary counts both, so `taskhook reconcile` can fail a pass that lost data
+to the quarantine instead of reporting success.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import structlog
 
 from receiver.errors import StorageUnavailable, VendorError
 from receiver.intake import Intake
-from receiver.reconcile.base import Poller
+from receiver.reconcile.base import Page, Poller
 from receiver.source_runtime import SourceRuntime
 from receiver.storage import Storage
 
 log = structlog.get_logger("taskhook.reconcile")
 
 HEADERS = {"content-type": "application/json", "x-taskhook-origin": "reconcile"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPage(Page):
+    """A page that also carries the records its poller could not read, each with why."""
+
+    unreadable: list[tuple[Any, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -50,9 +64,14 @@ class Summary:
         return line
 
 
-def body_of(snapshot: dict[str, object]) -> bytes:
+def body_of(snapshot: object) -> bytes:
     # Sorted keys: the same vendor state always makes the same bytes, hence the same key.
-    return orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # An integer past 64 bits (the vendor's JSON allows it, orjson does not) must not
+        # stop the pass: the standard library writes it, as deterministically.
+        return json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
 
 
 class Reconciler:
@@ -82,9 +101,14 @@ class Reconciler:
             summary.fetched += len(bodies)
             fresh = [b for b, k in zip(bodies, keys, strict=True) if k not in known]
             summary.unchanged += len(bodies) - len(fresh)
+            unreadable = page.unreadable if isinstance(page, ReadPage) else []
+            summary.fetched += len(unreadable)
             answers = await asyncio.gather(
                 *(self._intake.accept(self.source, b, dict(HEADERS), reconciled=True)
-                  for b in fresh)
+                  for b in fresh),
+                *(self._intake.accept(self.source, body_of(record), dict(HEADERS),
+                                      reconciled=True, unreadable=why)
+                  for record, why in unreadable),
             )  # fmt: skip
             for status, answer in answers:
                 doc = orjson.loads(answer)
@@ -112,7 +136,13 @@ class Reconciler:
         structlog.contextvars.bind_contextvars(source=self.source.name)
         while True:
             try:
-                await self.once()
+                summary = await self.once()
+                if summary.quarantined:
+                    # Stored, yet not applied: the operator has to look (no exit status here).
+                    log.warning(
+                        "reconciled records quarantined", source=self.source.name,
+                        quarantined=dict(summary.quarantined),
+                    )  # fmt: skip
             except (VendorError, StorageUnavailable) as exc:
                 log.error("reconciliation pass failed", source=self.source.name, error=str(exc))
             except Exception:
