@@ -38,7 +38,22 @@ OTHER_EVENTS = frozenset(
         "task.filtered",
     }
 )
-EVENT_NAMES = TASK_EVENTS | OTHER_EVENTS
+# What Labelbox and Label Studio send that is not a task's state (a deletion, a review, a
+# project or import change) keeps the vendor's own name: `<kind>.<name, lower case>`. What is
+# a task's state (a label or annotation submitted or changed) is a task.* event above.
+LABELBOX_EVENTS = frozenset(
+    f"labelbox.{topic}"
+    for topic in ("label_deleted", "review_created", "review_updated", "review_deleted",
+                  "workflow_action")
+)  # fmt: skip
+LABEL_STUDIO_EVENTS = frozenset(
+    f"label-studio.{action}"
+    for action in ("annotation_created", "annotations_created", "annotation_updated",
+                   "annotations_deleted", "tasks_created", "tasks_deleted", "project_created",
+                   "project_updated", "project_deleted", "label_link_created",
+                   "label_link_updated", "label_link_deleted")
+)  # fmt: skip
+EVENT_NAMES = TASK_EVENTS | OTHER_EVENTS | LABELBOX_EVENTS | LABEL_STUDIO_EVENTS
 
 
 class Event(BaseModel):

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from typing import Literal
 
-Scheme = Literal["header-token", "hmac-sha256", "standard-webhooks", "none"]
+Scheme = Literal["header-token", "hmac-sha256", "hmac-sha1", "standard-webhooks", "none"]
 WHSEC_PREFIX = "whsec_"
 
 
@@ -33,6 +33,12 @@ def header_name(header: str) -> str:
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def hmac_sha1(key: bytes, data: bytes) -> bytes:
+    # Only for senders that still sign with it (GitHub's legacy X-Hub-Signature, Labelbox):
+    # HMAC-SHA1 is not broken as a MAC, but new schemes should not choose it.
+    return hmac.new(key, data, hashlib.sha1).digest()
 
 
 def b64decode(text: str, *, urlsafe: bool = True) -> bytes | None:
@@ -87,6 +93,11 @@ def sign_hmac_sha256(
     return {header_name(header): prefix + encoded}
 
 
+def sign_hmac_sha1(body: bytes, secret: str, *, header: str) -> dict[str, str]:
+    """The headers an hmac-sha1 sender would send: ``{header: "sha1=" + lower-case hex}``."""
+    return {header_name(header): "sha1=" + hmac_sha1(utf8(secret), body).hex()}
+
+
 def sign_standard_webhooks(
     body: bytes, secret: str, *, msg_id: str, timestamp: int
 ) -> dict[str, str]:
@@ -113,12 +124,14 @@ def sign(
 ) -> dict[str, str]:
     """The headers a sender using ``scheme`` would add (``{}`` for ``none``).
 
-    hmac-sha256 signs as lower-case hex with the ``sha256=`` prefix.
+    hmac-sha256 and hmac-sha1 sign as lower-case hex with the ``sha256=`` / ``sha1=`` prefix.
     """
     if scheme == "header-token":
         return sign_header_token(secret, header=header)
     if scheme == "hmac-sha256":
         return sign_hmac_sha256(body, secret, header=header)
+    if scheme == "hmac-sha1":
+        return sign_hmac_sha1(body, secret, header=header)
     if scheme == "standard-webhooks":
         return sign_standard_webhooks(body, secret, msg_id=msg_id, timestamp=timestamp)
     if scheme == "none":

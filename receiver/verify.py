@@ -3,16 +3,17 @@
 Every function here works on the raw body bytes, the request headers, the configured
 secrets and (where time matters) a clock value passed in by the caller. Nothing does I/O,
 reads the clock itself or parses the body, so the same code verifies live traffic, replays
-recorded traffic and runs in benchmarks. Three schemes are supported:
+recorded traffic and runs in benchmarks. Four schemes are supported:
 
 ``header-token``
     The sender puts one fixed shared key in a header (Scale and Refonte style). It proves
     only that the sender knows the key; the body is not covered.
 
-``hmac-sha256``
+``hmac-sha256``, ``hmac-sha1``
     A header carries HMAC-SHA256 of the raw body keyed by the secret, as hex or base64,
-    optionally prefixed ``sha256=`` (GitHub style). The body is covered, but there is no
-    timestamp, so a captured delivery can be replayed.
+    optionally prefixed ``sha256=`` (GitHub style); or HMAC-SHA1 as ``sha1=<hex>``
+    (``X-Hub-Signature``, Labelbox). The body is covered, but there is no timestamp, so a
+    captured delivery can be replayed.
 
 ``standard-webhooks``
     Standard Webhooks v1 (https://www.standardwebhooks.com/, the scheme Svix uses): the
@@ -60,6 +61,7 @@ from receiver.signing import (
     standard_webhooks_key_size,
     utf8,
 )
+from receiver.verify_hub import expected_sha1, hub_digests
 
 __all__ = [
     "MAX_CREDENTIAL_HEADER",
@@ -74,6 +76,7 @@ __all__ = [
     "standard_webhooks_key_size",
     "verify",
     "verify_header_token",
+    "verify_hmac_sha1",
     "verify_hmac_sha256",
     "verify_none",
     "verify_standard_webhooks",
@@ -131,13 +134,13 @@ def precheck(
     """What can be decided from the headers alone, before the body is read.
 
     header-token: the whole check (the token does not cover the body), so its `Verified`.
-    hmac-sha256 and standard-webhooks: the credential headers present, within size and (for
+    the HMACs and standard-webhooks: the credential headers present, within size and (for
     a timestamped scheme) fresh; None means "read the body, then `verify`". Raises
     `VerificationError` like `verify`.
     """
     if scheme == "header-token":
         return verify_header_token(b"", headers, secrets, header=header)
-    if scheme == "hmac-sha256":
+    if scheme in ("hmac-sha256", "hmac-sha1"):
         _require_secrets(secrets)
         name = header_name(header)
         if not _bounded(headers, name):
@@ -218,6 +221,18 @@ def verify_hmac_sha256(
     return Verified(key_index=matched)
 
 
+def verify_hmac_sha1(
+    body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *, header: str
+) -> Verified:
+    """Check ``sha1=<hex>`` HMAC-SHA1 signatures of the raw body (`receiver.verify_hub`)."""
+    name = header_name(header)
+    _require_secrets(secrets)
+    matched = _match(expected_sha1(body, secrets), hub_digests(_bounded(headers, name), name))
+    if matched < 0:
+        raise VerificationError(f"invalid signature in header {name}")
+    return Verified(key_index=matched)
+
+
 def verify_standard_webhooks(
     body: bytes,
     headers: Mapping[str, str],
@@ -286,7 +301,7 @@ def verify(
     tolerance_seconds: int = 300,
     check_timestamp: bool = True,
 ) -> Verified:
-    """Run the check for ``scheme``. ``header`` is required by header-token and hmac-sha256.
+    """Run the check for ``scheme``. ``header`` is required by header-token and the HMACs.
 
     Raises ``ValueError`` for an unknown scheme or a missing header name (configuration
     mistakes, not sender mistakes) and ``VerificationError`` when the delivery fails.
@@ -295,6 +310,8 @@ def verify(
         return verify_header_token(body, headers, secrets, header=header)
     if scheme == "hmac-sha256":
         return verify_hmac_sha256(body, headers, secrets, header=header)
+    if scheme == "hmac-sha1":
+        return verify_hmac_sha1(body, headers, secrets, header=header)
     if scheme == "standard-webhooks":
         return verify_standard_webhooks(
             body,

@@ -6,6 +6,8 @@ from receiver.config import SourceSettings
 from receiver.sources.base import Parsed, SourceAdapter
 from receiver.sources.cloudfactory import CloudFactoryAdapter
 from receiver.sources.generic import GenericAdapter
+from receiver.sources.label_studio import LabelStudioAdapter
+from receiver.sources.labelbox import LabelboxAdapter
 from receiver.sources.refonte import RefonteAdapter
 from receiver.sources.review import ReviewAdapter
 
@@ -20,5 +22,9 @@ def adapter_for(settings: SourceSettings) -> SourceAdapter:
         return GenericAdapter(settings)
     if settings.kind == "document-review":
         return ReviewAdapter()
+    if settings.kind == "labelbox":
+        return LabelboxAdapter()
+    if settings.kind == "label-studio":
+        return LabelStudioAdapter()
     # refonte, and the polled kinds: their pollers synthesize Refonte-shaped task snapshots.
     return RefonteAdapter()
