@@ -5,7 +5,8 @@ public plugin storage API only (`receiver.plugin_store`): it declares its tables
 migrations (`tables`), becomes the interpreter of ``refonte`` deliveries and of the snapshots
 the ``clarifai`` and ``taskmonk`` pollers synthesize (each batch of snapshots is applied to
 the ledger in the dispatcher's transaction, and the events handlers receive are what it
-meant: `rules`, `store`), serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`), and
+meant: `rules`, `store`), and of Labelbox and Label Studio deliveries where they describe a task's
+state (`platforms`), serves ``GET /v1/task/{id}`` and ``GET /v1/tasks`` (`api`), and
 offers ``taskhook tasks list|show`` (`cli`).
 """
 
@@ -20,6 +21,7 @@ from handlers.ledger.api import build_routes
 from handlers.ledger.batch import Batch
 from handlers.ledger.cli import command
 from handlers.ledger.counts import reset_counts
+from handlers.ledger.platforms import apply_platform
 from handlers.ledger.review_api import build_review_routes
 from handlers.ledger.review_store import act, apply_reviews
 from handlers.ledger.store import Result, apply_snapshots
@@ -27,12 +29,17 @@ from handlers.ledger.tables import MIGRATIONS
 from receiver.errors import RegistryError
 from receiver.plugin_store import Tx
 from receiver.records import DeliveryRecord
-from receiver.registry import HandlerRegistry
+from receiver.registry import HandlerRegistry, Interpreter
+from receiver.sources.base import SourceAdapter
+from receiver.sources.label_studio import LabelStudioAdapter
+from receiver.sources.labelbox import LabelboxAdapter
 
 # Refonte-shaped task snapshots: called back, or synthesized by the pollers of vendors that
 # never call back. The ledger interprets those and document-review callbacks.
 SNAPSHOT_KINDS = ("refonte", "clarifai", "taskmonk")
-KINDS = (*SNAPSHOT_KINDS, "document-review")
+# Platforms whose webhooks describe a task's state in their own shape (`platforms`).
+PLATFORMS: tuple[type[SourceAdapter], ...] = (LabelboxAdapter, LabelStudioAdapter)
+KINDS = (*SNAPSHOT_KINDS, "document-review", *(p.kind for p in PLATFORMS))
 # Retention keeps the delivery each task was last applied from: `taskhook rebuild` applies
 # it again, and the task API shows what it said (indexed: `tables`).
 RETAINED = "SELECT last_delivery_id FROM ledger_tasks"
@@ -79,6 +86,14 @@ def register(registry: HandlerRegistry) -> None:
             registry.wake()
         return status, answer
 
+    def platform(adapter: SourceAdapter) -> Interpreter:
+        async def interpret(tx: Tx, deliveries: Sequence[DeliveryRecord]) -> list[Result]:
+            return await apply_platform(Batch(tx), adapter, deliveries)
+
+        return interpret
+
+    for adapter_type in PLATFORMS:
+        registry.interpret(adapter_type.kind, platform(adapter_type()))
     registry.interpret("document-review", reviews)
     registry.add_routes(build_review_routes(operator, registry.keys))
     registry.on_reset(empty)
