@@ -286,3 +286,18 @@ def test_tasks_cli_lists_and_shows_in_readable_tables(tmp_path: Any) -> None:
     missing = cli("tasks", "show", "nope")
     assert missing.returncode == 1
     assert "no task 'nope'" in missing.stdout
+    # Paging and JSON for scripts: one task a page, the token to the next, or every page.
+    first = cli("tasks", "list", "--limit", "1", "--json")
+    page = json.loads(first.stdout)
+    assert (len(page["docs"]), page["total"], page["has_more"]) == (1, 2, True)
+    second = json.loads(cli("tasks", "list", "--limit", "1", "--json", "--next-token",
+                            page["next_token"]).stdout)  # fmt: skip
+    assert second["offset"] == 1 and not second["has_more"]
+    every = json.loads(cli("tasks", "list", "--limit", "1", "--all", "--json").stdout)
+    assert [d["task_id"] for d in every["docs"]] == [page["docs"][0]["task_id"],
+                                                    second["docs"][0]["task_id"]]  # fmt: skip
+    hint = cli("tasks", "list", "--limit", "1")
+    assert "1 of 2 task(s); next page: --next-token " in hint.stdout
+    # A misspelt value is refused, not answered with no rows.
+    misspelt = cli("tasks", "list", "--status", "complete")
+    assert misspelt.returncode == 2 and "'complete' is not a status" in misspelt.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,40 @@ async def fetch_task(query: Query, task_id: str) -> dict[str, Any] | None:
     return task_view(tuple(rows[0])) if rows else None
 
 
+async def list_page(
+    query: Query, totals: Totals, params: Mapping[str, Sequence[str]] | Mapping[str, str]
+) -> dict[str, Any]:
+    """One page of a task listing, as `GET /v1/tasks` answers it (the CLI pages the same)."""
+    q = build_query(params)
+    total = await totals.total(q.filters, count_statement(q), q.args)
+    page_where, page_args, offset = q.where, dict(q.args), 0
+    token = params.get("next_token")
+    token = token if isinstance(token, str) else (token or [""])[-1]
+    if token:
+        after_created, after_id, offset = decode_token(token)
+        # Newest first: the next page continues strictly below the last row seen.
+        page_where += (
+            f" AND ({q.created} < :after_created"
+            f" OR ({q.created} = :after_created AND t.task_id < :after_id))"
+        )
+        page_args |= {"after_created": after_created, "after_id": after_id}
+    rows = await query(
+        f"SELECT {_VIEW}, {q.created}, t.task_id FROM {q.source} WHERE {page_where} "
+        f"{q.order} LIMIT :limit",
+        page_args | {"limit": q.limit + 1},
+    )
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    docs = [task_view(tuple(r[:5])) for r in rows]
+    if q.limited:
+        docs = [{k: d[k] for k in LIMITED if k in d} for d in docs]
+    following = encode_token(rows[-1][5], rows[-1][6], offset + len(rows)) if more else None
+    return {
+        "docs": docs, "total": total, "limit": q.limit, "offset": offset,
+        "has_more": more, "next_token": following,
+    }  # fmt: skip
+
+
 def build_routes(storage: PluginStorage, keys: KeyRing | None) -> list[Route]:
     query = sql_query(storage)
     totals = Totals(storage)
@@ -112,32 +146,7 @@ def build_routes(storage: PluginStorage, keys: KeyRing | None) -> list[Route]:
         params: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():
             params.setdefault(name, []).append(value)
-        q = build_query(params)
-        total = await totals.total(q.filters, count_statement(q), q.args)
-        page_where, page_args, offset = q.where, dict(q.args), 0
-        if token := (params.get("next_token") or [""])[-1]:
-            after_created, after_id, offset = decode_token(token)
-            # Newest first: the next page continues strictly below the last row seen.
-            page_where += (
-                f" AND ({q.created} < :after_created"
-                f" OR ({q.created} = :after_created AND t.task_id < :after_id))"
-            )
-            page_args |= {"after_created": after_created, "after_id": after_id}
-        rows = await query(
-            f"SELECT {_VIEW}, {q.created}, t.task_id FROM {q.source} WHERE {page_where} "
-            f"{q.order} LIMIT :limit",
-            page_args | {"limit": q.limit + 1},
-        )
-        more = len(rows) > q.limit
-        rows = rows[: q.limit]
-        docs = [task_view(tuple(r[:5])) for r in rows]
-        if q.limited:
-            docs = [{k: d[k] for k in LIMITED if k in d} for d in docs]
-        following = encode_token(rows[-1][5], rows[-1][6], offset + len(rows)) if more else None
-        return JSONResponse({
-            "docs": docs, "total": total, "limit": q.limit, "offset": offset,
-            "has_more": more, "next_token": following,
-        })  # fmt: skip
+        return JSONResponse(await list_page(query, totals, params))
 
     return [
         Route("/v1/task/{task_id}", guarded(show), methods=["GET"]),

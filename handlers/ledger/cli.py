@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import orjson
 
-from handlers.ledger.api import Query, fetch_task, sql_query
-from handlers.ledger.query import COLUMN_FILTERS, BadQuery, build_query, count_statement
+from handlers.ledger.api import Query, fetch_task, list_page, sql_query
+from handlers.ledger.counts import Totals
+from handlers.ledger.query import BadQuery
+from handlers.ledger.review import ALLOWED
 from handlers.ledger.store import iso
 from receiver.plugin_store import PluginStorage
 from receiver.registry import Command
 from receiver.tables import table
 
+FILTERS = ("status", "type", "project", "batch", "unique_id", "customer_review_status", "tag",
+           "start_time", "end_time", "updated_after", "updated_before", "completed_after",
+           "completed_before")  # fmt: skip
+# What the ledger's statuses can be: Refonte's and the document-review lifecycle's.
+VALUES = {
+    "status": frozenset({"pending", "completed", "error", "canceled", *ALLOWED}),
+    "customer_review_status": frozenset({"pending", "accepted", "fixed", "rejected", "commented"}),
+}
 LIST_COLUMNS = ("task_id", "status", "type", "project", "batch", "unique_id",
                 "customer_review_status", "created_at", "updated_at")  # fmt: skip
 
@@ -24,9 +37,17 @@ def configure(parser: argparse.ArgumentParser, common: list[argparse.ArgumentPar
     show.add_argument("task_id")
     show.add_argument("--json", action="store_true", help="print the API's JSON instead")
     listing = sub.add_parser("list", help="tasks, newest created first", parents=common)
-    for name in (*COLUMN_FILTERS, "tag", "start_time", "end_time", "updated_after"):
-        listing.add_argument(f"--{name.replace('_', '-')}", dest=name)
-    listing.add_argument("--limit", type=int, default=100)
+    for name in FILTERS:
+        checked = VALUES.get(name)
+        hint = f"one of {', '.join(sorted(checked))} (several: comma-joined)" if checked else None
+        listing.add_argument(
+            f"--{name.replace('_', '-')}", dest=name,
+            type=_one_of(name, checked) if checked else str, help=hint,
+        )  # fmt: skip
+    listing.add_argument("--limit", type=_limit, default=100, help="tasks per page (1-100)")
+    listing.add_argument("--next-token", dest="next_token", help="the page after this token")
+    listing.add_argument("--all", action="store_true", help="every page, not only the first")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON instead")
 
 
 def command(storage: PluginStorage) -> Command:
@@ -37,11 +58,11 @@ def command(storage: PluginStorage) -> Command:
             return await show(query, args.task_id, as_json=args.json)
         params = {
             name: str(getattr(args, name))
-            for name in (*COLUMN_FILTERS, "tag", "start_time", "end_time", "updated_after")
+            for name in (*FILTERS, "next_token")
             if getattr(args, name, None) is not None
         }
         params["limit"] = str(args.limit)
-        return await listing(storage, params)
+        return await listing(storage, params, every=args.all, as_json=args.json)
 
     return Command("tasks", "the task ledger: list and show tasks", configure, run)
 
@@ -75,20 +96,52 @@ def _short(detail: str, width: int = 60) -> str:
     return detail if len(detail) <= width else detail[: width - 1] + "…"
 
 
-async def listing(storage: PluginStorage, params: dict[str, str]) -> int:
-    query = sql_query(storage)
+async def listing(
+    storage: PluginStorage, params: dict[str, str], *, every: bool = False, as_json: bool = False
+) -> int:
+    """A page (or with `every`, all pages) of tasks, as a table or as the API's JSON."""
+    query, totals = sql_query(storage), Totals(storage)
+    docs: list[dict[str, Any]] = []
     try:
-        q = build_query(params)
+        while True:
+            page = await list_page(query, totals, params)
+            docs += page["docs"]
+            if not (every and page["next_token"]):
+                break
+            params = params | {"next_token": page["next_token"]}
     except BadQuery as exc:
-        print(f"taskhook: {exc}")
+        print(f"taskhook: {exc}", file=sys.stderr)
         return 2
-    rows = await query(
-        f"SELECT t.task_id, t.status, t.type, t.project, t.batch, t.unique_id, "
-        f"t.customer_review_status, t.created_at, t.updated_at FROM {q.source} "
-        f"WHERE {q.where} {q.order} LIMIT :limit",
-        q.args | {"limit": q.limit},
-    )
-    total = (await storage.query(count_statement(q), q.args))[0][0]
-    print(table(LIST_COLUMNS, rows))
-    print(f"\n{len(rows)} of {total} task(s)")
+    if as_json:
+        shown = page if not every else page | {"docs": docs, "offset": 0, "has_more": False}
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(table(LIST_COLUMNS, [[d.get(c) for c in LIST_COLUMNS] for d in docs]))
+    more = f"; next page: --next-token {page['next_token']}" if page["next_token"] else ""
+    print(f"\n{len(docs)} of {page['total']} task(s){more}")
     return 0
+
+
+def _limit(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 100:
+        raise argparse.ArgumentTypeError("must be an integer from 1 to 100")
+    return n
+
+
+def _one_of(name: str, allowed: frozenset[str]) -> Callable[[str], str]:
+    """Refuse a misspelt value rather than list nothing."""
+
+    def check(value: str) -> str:
+        wrong = [v for v in value.split(",") if v.strip() and v.strip() not in allowed]
+        if wrong:
+            known = ", ".join(sorted(allowed))
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(map(repr, wrong))} is not a {name}; one of {known}"
+            )
+        return value
+
+    return check
