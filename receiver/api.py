@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import Denied
 from receiver.errors import StorageBusy, StorageUnavailable
 from receiver.metrics import CONTENT_TYPE_LATEST
+from receiver.openapi import build_spec, docs_page
 from receiver.paging import decode_token
 from receiver.records import DeliveryRecord, DeliveryStatus
 
@@ -196,8 +197,23 @@ def build_routes(app: TaskhookApp) -> list[Route]:
             )
         return JSONResponse({"status": "received", "delivery_id": delivery_id}, status_code=202)
 
+    described: list[dict[str, Any]] = []  # built on first request: every route is known then
+
+    def spec() -> dict[str, Any]:
+        if not described:
+            described.append(build_spec(app))
+        return described[0]
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec())
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page(spec()))
+
     return [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/deliveries", guarded("deliveries.read", list_deliveries), methods=["GET"]),
