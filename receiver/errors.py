@@ -13,6 +13,8 @@ routes). Each class says when to catch it::
     ├── NotFound               the thing asked for does not exist (404)
     ├── RegistryError          a handler or plugin is wrong at registration time
     ├── HandlerError           a handler failed while dispatching (kept on the run record)
+    ├── ReplayError            ``taskhook replay`` was given nothing to replay (no such path,
+    │                          no bodies or recordings under it, an empty recording)
     └── Aborted                plugin code raised SystemExit & co.; contained, not re-raised
 
 This module imports nothing of ours.
@@ -82,6 +84,12 @@ class RegistryError(TaskhookError):
 
 class HandlerError(TaskhookError):
     """A handler raised while processing an event."""
+
+
+class ReplayError(TaskhookError):
+    """A replay has nothing to replay: a path that does not exist, a folder with no ``*.json``
+    bodies or ``*.jsonl`` recordings under it, a recording with no delivery in it. The
+    message is one line naming the path."""
 
 
 class Aborted(TaskhookError):

@@ -1,10 +1,14 @@
 """``taskhook replay``: recorded deliveries through the real pipeline, or to a running receiver.
 
-Recordings are JSON Lines in the replay format (what ``taskhook export`` writes) or folders of
-bare ``*.json`` bodies with ``--source``. In-process, each delivery goes through the intake's
-own `accept` (verification without the freshness check, dedup, durable store), marked as
-replayed, and the dispatcher then runs every handler into the configured ledger. With
-``--to URL`` each body is re-signed for its source and POSTed to that receiver.
+Recordings are JSON Lines in the replay format (what ``taskhook export`` writes) or bare
+``*.json`` bodies with ``--source`` (files, or folders searched recursively). In-process, each
+delivery goes through the intake's own `accept` (dedup, durable store), marked as replayed, and
+the dispatcher then runs every handler into the configured ledger. A recorded line is verified
+as at receipt, without the freshness check; a bare body has no recorded headers to verify (it
+is the operator's own file), so it is stored unverified and says so in a header of its own,
+`UNVERIFIED_HEADER`. With ``--to URL`` each body is re-signed for its source and POSTed to that
+receiver. Nothing to replay (no such path, nothing under a folder, an empty recording) raises
+`ReplayError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import sys
 import time
 from collections import Counter
@@ -28,9 +33,13 @@ from receiver.actions import parse_action
 from receiver.app import TaskhookApp
 from receiver.bodies import media_type
 from receiver.config import Settings
-from receiver.errors import PayloadError, VerificationError
+from receiver.errors import PayloadError, ReplayError, VerificationError
 from receiver.records import new_id
-from receiver.source_runtime import SourceRuntime
+from receiver.source_runtime import UNVERIFIED, SourceRuntime
+
+# On every bare body replayed: visible in `deliveries show` and the deliveries API.
+UNVERIFIED_HEADER = "x-taskhook-unverified"
+RECORDING_SUFFIXES = (".jsonl", ".ndjson")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,8 @@ class Recorded:
     body: bytes
     received_at: float | None = None
     operator: str | None = None  # an exported operator action: the key name that made it
+    bare: bool = False  # the operator's own body file: no recorded headers, nothing to verify
+    lane: str | None = None  # sent one after the other with the same lane (`replay_remote`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,22 +103,58 @@ def _line(origin: str, raw: bytes, default_source: str | None) -> Recorded | Unr
 
 
 def read_recordings(paths: Sequence[str], *, source: str | None) -> Iterator[Recorded | Unreadable]:
-    """Every recorded delivery under `paths`, in file order, one at a time."""
+    """Every recorded delivery under `paths`, in file order, one at a time.
+
+    The paths are checked first, so `ReplayError` is raised here, before anything is read
+    or sent: a path that does not exist, a folder with no ``*.json`` / ``*.jsonl`` file under
+    it, or a path whose recordings hold no delivery at all.
+    """
+    files: list[tuple[Path, Path]] = []
     for name in paths:
-        path = Path(name)
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if file.suffix == ".json":
-                if source is None:
-                    yield Unreadable(str(file), "a bare *.json body needs --source NAME")
-                    continue
-                headers = {"content-type": "application/json"}
-                yield Recorded(str(file), source, headers, file.read_bytes())
-            elif file.suffix in (".jsonl", ".ndjson") or not path.is_dir():
-                with file.open("rb") as handle:
-                    for number, raw in enumerate(handle, start=1):
-                        if raw.strip():
-                            yield _line(f"{file}:{number}", raw, source)
+        files += [(Path(name), file) for file in _files(Path(name))]
+    return _records(files, source)
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        found = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and (p.suffix == ".json" or p.suffix in RECORDING_SUFFIXES)
+        )  # fmt: skip
+        if not found:
+            raise ReplayError(f"nothing to replay: no *.json bodies or *.jsonl recordings "
+                              f"under {path}")  # fmt: skip
+    elif path.is_file():
+        found = [path]
+    else:
+        raise ReplayError(f"nothing to replay: no such file or folder {path}")
+    if not any(p.suffix == ".json" or _has_lines(p) for p in found):
+        raise ReplayError(f"nothing to replay: {path} is an empty recording")
+    return found
+
+
+def _has_lines(file: Path) -> bool:
+    with file.open("rb") as handle:
+        return any(raw.strip() for raw in handle)
+
+
+def _records(files: list[tuple[Path, Path]], source: str | None) -> Iterator[Recorded | Unreadable]:
+    for given, file in files:
+        if file.suffix == ".json":
+            if source is None:
+                yield Unreadable(str(file), "a bare *.json body needs --source NAME")
+                continue
+            name = file.relative_to(given) if file != given else Path(file.name)
+            headers = {
+                "content-type": "application/json",
+                UNVERIFIED_HEADER: f"bare body replayed from {name}",
+            }
+            yield Recorded(str(file), source, headers, file.read_bytes(), bare=True)
+        else:
+            with file.open("rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if raw.strip():
+                        yield _line(f"{file}:{number}", raw, source)
 
 
 class Progress:
@@ -178,7 +225,8 @@ async def replay_local(
             summary.accepted += 1
         elif dry_run:
             try:
-                source.check(record.body, record.headers, app.clock(), recorded=True)
+                if not record.bare:
+                    source.check(record.body, record.headers, app.clock(), recorded=True)
                 source.adapter.parse(record.body, record.headers.get("content-type", ""))
                 summary.accepted += 1
             except (VerificationError, PayloadError) as exc:
@@ -187,6 +235,7 @@ async def replay_local(
             store = app.intake.accept(
                 source, record.body, record.headers, received_at=record.received_at,
                 replayed=True, operator=record.operator,
+                verified=UNVERIFIED if record.bare else None,
             )  # fmt: skip
             if not ordered:
                 key = (source.name, _task_of(source, record))
@@ -233,48 +282,93 @@ async def replay_remote(
     *,
     url: str,
     rate: float = 0.0,
+    concurrency: int = 1,
+    transport: Any = None,
 ) -> Summary:
     """POST each recorded body to `url`, re-signed with its source's first secret; at most
-    `rate` deliveries a second when it is above zero."""
+    `rate` deliveries a second when it is above zero, and up to `concurrency` requests in
+    flight. Records of one `lane` (a simulated item) are sent one after the other, in order.
+    `transport`: an httpx transport instead of the network (an in-process app, in tests)."""
     import httpx
 
     summary = Summary()
     progress = Progress()
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=30) as client:
+    width = max(1, concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+    last_of_lane: dict[str, asyncio.Task[None]] = {}
+    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+    async with httpx.AsyncClient(
+        base_url=url.rstrip("/"), timeout=30, limits=limits, transport=transport
+    ) as client:
+
+        async def post(
+            request: tuple[str, bytes, dict[str, str]], after: asyncio.Task[None] | None
+        ) -> None:
+            if after is not None:
+                with contextlib.suppress(Exception):  # counted where it happened
+                    await after
+            path, body, headers = request
+            try:
+                response = await client.post(path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                summary.rejected[f"request failed: {exc!r}"] += 1
+            else:
+                _count(summary, response.status_code, response.content)
+            progress.tick(summary.total)
+
         started = time.monotonic()
-        for record in records:
+        for sent, record in enumerate(records):
             if rate > 0:
-                ahead = summary.total / rate - (time.monotonic() - started)
+                ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            if isinstance(record, Unreadable):
-                summary.rejected[record.reason] += 1
-            elif record.operator is not None:
-                # No receiver accepts an operator's action as a callback, by design.
-                summary.rejected["operator actions are replayed locally only (without --to)"] += 1
-            elif (cfg := settings.sources.get(record.source or "")) is None:
-                summary.rejected[f"unknown source {record.source!r}"] += 1
-            else:
-                headers = {"content-type": record.headers.get("content-type", "application/json")}
-                if media_type(headers["content-type"]) == "":
-                    headers["content-type"] = "application/json"
-                if cfg.scheme != "none":
-                    msg_id = record.headers.get("webhook-id") or new_id("msg_")
-                    headers |= verify.sign(
-                        cfg.scheme, record.body, cfg.secret_values()[0],
-                        header=cfg.header_name, msg_id=msg_id, timestamp=int(time.time()),
-                    )  # fmt: skip
-                try:
-                    response = await client.post(
-                        f"/callbacks/{record.source}", content=record.body, headers=headers
-                    )
-                except httpx.HTTPError as exc:
-                    summary.rejected[f"request failed: {exc!r}"] += 1
-                else:
-                    _count(summary, response.status_code, response.content)
-            progress.tick(summary.total)
+            request = _request(settings, record)
+            if isinstance(request, str):
+                summary.rejected[request] += 1
+                progress.tick(summary.total)
+                continue
+            while len(in_flight) >= width:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            lane = record.lane if isinstance(record, Recorded) else None
+            task = asyncio.ensure_future(post(request, last_of_lane.get(lane or "")))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            if lane is not None:
+                last_of_lane[lane] = task
+                task.add_done_callback(functools.partial(_forget, last_of_lane, lane))
+        if in_flight:
+            await asyncio.gather(*in_flight)
     progress.close()
     return summary
+
+
+def _forget(lanes: dict[str, asyncio.Task[None]], lane: str, done: asyncio.Task[None]) -> None:
+    if lanes.get(lane) is done:
+        del lanes[lane]
+
+
+def _request(
+    settings: Settings, record: Recorded | Unreadable
+) -> tuple[str, bytes, dict[str, str]] | str:
+    """The path, body and signed headers to POST for `record`, or why it cannot be sent."""
+    if isinstance(record, Unreadable):
+        return record.reason
+    if record.operator is not None:
+        # No receiver accepts an operator's action as a callback, by design.
+        return "operator actions are replayed locally only (without --to)"
+    cfg = settings.sources.get(record.source or "")
+    if cfg is None:
+        return f"unknown source {record.source!r}"
+    headers = {"content-type": record.headers.get("content-type", "application/json")}
+    if media_type(headers["content-type"]) == "":
+        headers["content-type"] = "application/json"
+    if cfg.scheme != "none":
+        msg_id = record.headers.get("webhook-id") or new_id("msg_")
+        headers |= verify.sign(
+            cfg.scheme, record.body, cfg.secret_values()[0],
+            header=cfg.header_name, msg_id=msg_id, timestamp=int(time.time()),
+        )  # fmt: skip
+    return f"/callbacks/{record.source}", record.body, headers
 
 
 def _count(summary: Summary, status: int, answer: bytes) -> None:

@@ -5,6 +5,9 @@ their unique_id and a resubmission that takes it, completions, audits accepted /
 rejected, recalls and re-completions — then sends them as a vendor does: interleaved across
 tasks, with exact duplicates and late retries of older snapshots, each signed for the target
 source. The same --seed always sends the same bodies in the same order.
+
+Times are a base time plus minutes that only grow, so they are right at any size: each task
+is created before it is updated, and each snapshot is newer than the one before it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from receiver.replay import Recorded
+from receiver.config import Settings
+from receiver.replay import Recorded, Summary, replay_remote
+
+BASE_TIME = datetime(2024, 3, 1, tzinfo=UTC)
 
 # The shape of samples/refonte/05-completed-before-audit.json, kept here so an installed
 # taskhook (without the repository's samples) can simulate too.
@@ -35,9 +42,8 @@ _TASK: dict[str, Any] = {
 
 
 def _stamp(minutes: int) -> str:
-    hours, mins = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    return f"2024-03-{1 + days % 28:02d}T{hours:02d}:{mins:02d}:00.000Z"
+    """`BASE_TIME` plus `minutes`, as the vendor writes times (never wraps)."""
+    return (BASE_TIME + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def lifecycle(item: int, rng: random.Random, seed: int) -> list[dict[str, Any]]:
@@ -93,20 +99,47 @@ def lifecycle(item: int, rng: random.Random, seed: int) -> list[dict[str, Any]]:
 
 
 def traffic(tasks: int, seed: int, source: str) -> Iterator[Recorded]:
-    """The vendor's sends: interleaved lifecycles, duplicates and late retries."""
+    """The vendor's sends: interleaved lifecycles, duplicates and late retries. Each item's
+    deliveries share a lane, so a concurrent sender keeps their order."""
     rng = random.Random(seed)
     queues = [lifecycle(i, rng, seed) for i in range(tasks)]
-    sent: list[bytes] = []
-    while any(queues):
-        queue = rng.choice([q for q in queues if q])
+    live = [i for i, queue in enumerate(queues) if queue]
+    headers = {"content-type": "application/json"}
+    sent = 0
+    while live:
+        at = rng.randrange(len(live))
+        item = live[at]
+        queue = queues[item]
         if len(queue) > 1 and rng.random() < 0.1:
             # A delivery the vendor failed to make arrives only after the next state: late,
             # out of order, never seen before (so not a byte-identical duplicate either).
             queue[0], queue[1] = queue[1], queue[0]
         body = json.dumps(queue.pop(0)).encode()
-        sent.append(body)
-        yield Recorded(f"simulated #{len(sent)}", source, {"content-type": "application/json"},
-                       body)  # fmt: skip
+        if not queue:  # done: the last live item takes its place (O(1), still seeded)
+            live[at] = live[-1]
+            live.pop()
+        sent += 1
+        lane = f"item-{item}"
+        yield Recorded(f"simulated #{sent}", source, headers, body, lane=lane)
         if rng.random() < 0.15:  # an exact retry: the vendor did not hear our 200
-            yield Recorded("simulated duplicate", source, {"content-type": "application/json"},
-                           body)  # fmt: skip
+            yield Recorded("simulated duplicate", source, headers, body, lane=lane)
+
+
+async def send(
+    settings: Settings,
+    *,
+    url: str,
+    tasks: int,
+    seed: int = 1,
+    source: str = "refonte",
+    rate: float = 0.0,
+    concurrency: int = 1,
+    transport: Any = None,
+) -> Summary:
+    """Play the vendor against the receiver at `url`: `tasks` items' traffic, signed for
+    `source`, at most `rate` a second (0: no limit) and `concurrency` requests at once (one
+    item's deliveries still one after the other). `transport`: see `replay_remote`."""
+    records = traffic(tasks, seed, source)
+    return await replay_remote(
+        settings, records, url=url, rate=rate, concurrency=concurrency, transport=transport
+    )

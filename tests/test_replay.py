@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -11,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from receiver.app import create_app
 from receiver.config import load_settings
@@ -140,15 +143,82 @@ def test_a_folder_of_bare_bodies_needs_and_takes_a_source(tmp_path: Path) -> Non
         shutil.copy(SAMPLES / "refonte" / name, folder / name)
     without = cli(laptop, "replay", str(folder))
     assert without.returncode == 1 and "needs --source" in without.stdout
-    # Bare bodies carry no auth header: the receiver's secret signs nothing here, so they are
-    # replayed to an open source.
-    open_config = tmp_path / "open.toml"
-    open_config.write_text(laptop.read_text().replace(
-        'verify = "header-token"\nheader = "refonte-callback-auth"\nsecrets = ["prod-secret"]',
-        'verify = "none"'))  # fmt: skip
-    done = cli(open_config, "replay", str(folder), "--source", "refonte")
+    # Bare bodies carry no auth header: they are the operator's own files, replayed into the
+    # configured (header-token) source unverified.
+    done = cli(laptop, "replay", str(folder), "--source", "refonte")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 accepted" in done.stdout
+    assert "2 deliveries: 2 accepted, 0 duplicate, 0 rejected" in done.stdout
+
+
+def test_bare_bodies_replay_recursively_stored_replayed_and_unverified(tmp_path: Path) -> None:
+    """`taskhook replay samples/refonte --source refonte` (a header-token source): all 10
+    through the pipeline into the ledger, each marked replayed and unverified."""
+    laptop = write_config(tmp_path, "laptop")
+    folder = tmp_path / "samples"
+    shutil.copytree(SAMPLES / "refonte", folder / "refonte")
+    (folder / "README.md").write_text("not a body")  # other files are not bodies
+    dry = cli(laptop, "replay", str(folder), "--source", "refonte", "--dry-run")
+    assert dry.returncode == 0 and "10 would be accepted" in dry.stdout, dry.stdout + dry.stderr
+    done = cli(laptop, "replay", str(folder), "--source", "refonte")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 deliveries: 10 accepted, 0 duplicate, 0 rejected" in done.stdout
+    with sqlite3.connect(tmp_path / "laptop.db") as conn:
+        rows = conn.execute(
+            "SELECT id, replayed, key_index, key_fingerprint, status FROM deliveries"
+        ).fetchall()
+        tasks = {row[0] for row in conn.execute("SELECT task_id FROM ledger_tasks")}
+    assert len(rows) == 10 and {r[1:] for r in rows} == {(1, -1, None, "processed")}
+    bodies = (json.loads(p.read_text()) for p in (SAMPLES / "refonte").glob("*.json"))
+    assert tasks == {body["task_id"] for body in bodies}  # every sample's task, in the ledger
+    shown = cli(laptop, "deliveries", "show", rows[0][0])
+    doc = json.loads(shown.stdout)
+    assert doc["replayed"] is True and doc["verified_by"] is None
+    assert doc["headers"]["x-taskhook-unverified"].startswith("bare body replayed from refonte/")
+    again = cli(laptop, "replay", str(folder / "refonte" / "01-completed.json"), "--source",
+                "refonte")  # fmt: skip
+    assert "0 accepted, 1 duplicate" in again.stdout
+
+
+def test_recorded_lines_are_still_verified_beside_bare_bodies(tmp_path: Path) -> None:
+    laptop = write_config(tmp_path, "laptop")
+    line = {"source": "refonte", "headers": {"content-type": "application/json"},
+            "body": sample("01-completed.json").decode()}  # fmt: skip
+    recording = tmp_path / "unsigned.jsonl"
+    recording.write_text(json.dumps(line) + "\n")
+    done = cli(laptop, "replay", str(recording))
+    assert done.returncode == 1
+    assert "missing header refonte-callback-auth" in done.stdout
+
+
+def test_replaying_nothing_is_an_error(tmp_path: Path) -> None:
+    from receiver.errors import ReplayError, TaskhookError
+    from receiver.replay import read_recordings
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no bodies here")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    only_blank = tmp_path / "exports"
+    only_blank.mkdir()
+    (only_blank / "day.jsonl").write_text("")
+    cases = {
+        str(empty): "no *.json bodies or *.jsonl recordings under",
+        str(tmp_path / "missing"): "no such file or folder",
+        str(blank): "is an empty recording",
+        str(only_blank): "is an empty recording",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ReplayError, match=re.escape(message)) as raised:
+            read_recordings([path], source="refonte")  # raised before anything is read
+        assert isinstance(raised.value, TaskhookError) and "\n" not in str(raised.value)
+    # One path with nothing in it fails the whole replay, before anything is stored.
+    with pytest.raises(ReplayError):
+        read_recordings([str(SAMPLES / "refonte"), str(empty)], source="refonte")
+    laptop = write_config(tmp_path, "laptop")
+    done = cli(laptop, "replay", str(empty), "--source", "refonte")
+    assert done.returncode != 0 and "nothing to replay" in done.stderr
+    assert not (tmp_path / "laptop.db").exists() or ledger(tmp_path / "laptop.db")[0] == []
 
 
 def test_replay_to_a_running_receiver_re_signs_each_body(tmp_path: Path) -> None:
