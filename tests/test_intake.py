@@ -237,6 +237,20 @@ async def test_old_form_encoded_senders_are_read(client: httpx.AsyncClient, db_p
     assert rows(db_path, "SELECT task_id FROM deliveries") == [(task["task_id"],)]
 
 
+async def test_json_sent_as_curl_sends_it_without_a_type_is_read(
+    client: httpx.AsyncClient,
+) -> None:
+    """`curl --data-binary @file.json` without `-H content-type` says form-urlencoded."""
+    form = {"refonte-callback-auth": SECRET, "content-type": "application/x-www-form-urlencoded"}
+    response = await client.post("/callbacks/refonte", content=COMPLETED, headers=form)
+    assert response.status_code == 200, response.text
+    junk = b"not json, not a form: %zz" + b"x" * 200
+    refused = await client.post("/callbacks/refonte", content=junk, headers=form)
+    assert refused.status_code == 400
+    assert "content-type: application/json" in refused.json()["reason"]
+    assert "xxxx" not in refused.text  # the body is not echoed back
+
+
 async def test_a_hundred_identical_posts_at_once_store_one(
     client: httpx.AsyncClient, db_path: Path
 ) -> None:
