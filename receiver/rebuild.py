@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from receiver.app import TaskhookApp
 from receiver.errors import RegistryError
 from receiver.events import Event
+from receiver.progress import Phase, board
 from receiver.records import DeliveryRecord, DeliveryStatus, HandlerRun
 from receiver.storage.base import stream_deliveries
 
@@ -44,6 +45,16 @@ async def rebuild(app: TaskhookApp, *, batch: int = BATCH) -> RebuildSummary:
     for hook in app.registry.reset_hooks:
         await hook()
     run: list[DeliveryRecord] = []
+    with board() as shown:
+        read = shown.phase("read", (await app.storage.list_deliveries(limit=1)).total)
+        await _rebuild(app, summary, run, read, batch)
+        shown.finish(read)
+    return summary
+
+
+async def _rebuild(
+    app: TaskhookApp, summary: RebuildSummary, run: list[DeliveryRecord], read: Phase, batch: int
+) -> None:
 
     async def apply() -> None:
         derived = await app.dispatcher.interpretation.derive(run, may_finish=lambda: False)
@@ -52,6 +63,7 @@ async def rebuild(app: TaskhookApp, *, batch: int = BATCH) -> RebuildSummary:
         run.clear()
 
     async for delivery in stream_deliveries(app.storage, batch=batch):
+        read.advance()
         interpreter = app.registry.interpreter_for(delivery.kind)
         if delivery.body is None or delivery.status in _SKIP or interpreter is None:
             continue
@@ -60,7 +72,6 @@ async def rebuild(app: TaskhookApp, *, batch: int = BATCH) -> RebuildSummary:
         run.append(delivery)
     if run:
         await apply()
-    return summary
 
 
 async def backfill(app: TaskhookApp, handler_name: str) -> RebuildSummary:

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import sys
 import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
@@ -34,6 +33,7 @@ from receiver.app import TaskhookApp
 from receiver.bodies import media_type
 from receiver.config import Settings
 from receiver.errors import PayloadError, ReplayError, VerificationError
+from receiver.progress import Board
 from receiver.records import new_id
 from receiver.source_runtime import UNVERIFIED, SourceRuntime
 
@@ -157,25 +157,6 @@ def _records(files: list[tuple[Path, Path]], source: str | None) -> Iterator[Rec
                         yield _line(f"{file}:{number}", raw, source)
 
 
-class Progress:
-    """A rewriting counter on a terminal; a plain line every 10,000 otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.started = time.monotonic()
-
-    def tick(self, done: int) -> None:
-        if self.tty and done % 200 == 0:
-            rate = done / max(1e-9, time.monotonic() - self.started)
-            print(f"\r{done:>9,} deliveries  {rate:,.0f}/s", end="", file=sys.stderr, flush=True)
-        elif not self.tty and done % 10_000 == 0:
-            print(f"{done} deliveries", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-
-
 def _reason(status: int, answer: bytes) -> str:
     try:
         doc = orjson.loads(answer)
@@ -191,6 +172,7 @@ async def replay_local(
     dry_run: bool = False,
     window: int = 512,
     drain: bool = True,
+    total: int | None = None,
 ) -> Summary:
     """Feed `records` through the intake, then let the dispatcher finish them.
 
@@ -205,13 +187,14 @@ async def replay_local(
         window = min(window, 64)  # the pool's connections, and a few waiting
     last_of_task: dict[tuple[str, str], asyncio.Future[tuple[int, bytes]]] = {}
     summary = Summary()
-    progress = Progress()
+    shown = Board()
+    stored = shown.phase("stored", total)
     pending: list[asyncio.Task[tuple[int, bytes]]] = []
 
     async def settle() -> None:
         for task in pending:
             _count(summary, *(await task))
-            progress.tick(summary.total)
+        stored.update(summary.total)
         pending.clear()
 
     for record in records:
@@ -247,11 +230,28 @@ async def replay_local(
             if len(pending) >= window:
                 await settle()
                 last_of_task.clear()
-    await settle()
-    progress.close()
-    if drain and not dry_run:
-        await app.dispatcher.drain(within=3600, wait_for_retries=False)
+    try:
+        await settle()
+        shown.finish(stored)
+        if drain and not dry_run:
+            await _drain_showing(app, shown)
+    finally:
+        shown.close()
     return summary
+
+
+async def _drain_showing(app: TaskhookApp, shown: Board) -> None:
+    """The dispatcher's drain, with the deliveries applied so far as a second phase."""
+    waiting = await app.storage.backlog()
+    applied = shown.phase("applied", waiting)
+    work = asyncio.ensure_future(app.dispatcher.drain(within=3600, wait_for_retries=False))
+    while not work.done():
+        await asyncio.wait({work}, timeout=0.5)
+        left = await app.storage.backlog()
+        applied.update(max(0, waiting - left))
+    await work
+    applied.update(waiting)
+    shown.finish(applied)
 
 
 def _task_of(source: SourceRuntime, record: Recorded) -> str:
@@ -292,7 +292,8 @@ async def replay_remote(
     import httpx
 
     summary = Summary()
-    progress = Progress()
+    shown = Board()
+    sent_phase = shown.phase("sent")
     width = max(1, concurrency)
     in_flight: set[asyncio.Task[None]] = set()
     last_of_lane: dict[str, asyncio.Task[None]] = {}
@@ -314,7 +315,7 @@ async def replay_remote(
                 summary.rejected[f"request failed: {exc!r}"] += 1
             else:
                 _count(summary, response.status_code, response.content)
-            progress.tick(summary.total)
+            sent_phase.update(summary.total)
 
         started = time.monotonic()
         for sent, record in enumerate(records):
@@ -325,7 +326,7 @@ async def replay_remote(
             request = _request(settings, record)
             if isinstance(request, str):
                 summary.rejected[request] += 1
-                progress.tick(summary.total)
+                sent_phase.update(summary.total)
                 continue
             while len(in_flight) >= width:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -338,7 +339,8 @@ async def replay_remote(
                 task.add_done_callback(functools.partial(_forget, last_of_lane, lane))
         if in_flight:
             await asyncio.gather(*in_flight)
-    progress.close()
+    shown.finish(sent_phase)
+    shown.close()
     return summary
 
 
