@@ -55,8 +55,7 @@ def _decode_form(body: bytes) -> Any:
     except (UnicodeDecodeError, ValueError):
         # (the parser's message quotes the body back: never echo what a sender posted)
         raise PayloadError(
-            "the body is neither a form nor JSON: send JSON with "
-            "`content-type: application/json`"
+            "the body is neither a form nor JSON: send JSON with `content-type: application/json`"
         ) from None
     out: dict[str, Any] = {}
     for key, value in pairs:
