@@ -64,12 +64,14 @@ class ClientCredentials:
     def invalidate(self) -> None:
         self._token = None
 
+    #: The credentials as a form body (RFC 6749 §2.3.1), or as query parameters.
+    IN_BODY = True
+
     async def header(self, client: VendorClient) -> str:
         async with self._lock:
             if self._token is None or self._clock() >= self._expires - self.REFRESH_MARGIN:
-                answer = await client.call(
-                    "POST", self.token_url, data=self._form, authenticate=False
-                )
+                where = {"data": self._form} if self.IN_BODY else {"params": self._form}
+                answer = await client.call("POST", self.token_url, authenticate=False, **where)
                 doc = answer.json()
                 token = doc.get("access_token") if isinstance(doc, dict) else None
                 if not isinstance(token, str) or not token:

@@ -67,20 +67,7 @@ class SdkCredentials(ClientCredentials):
     """The token as the SDK's ``_refresh_token`` asks for it: the client credentials as query
     parameters, not a form body. Caching, refresh margin and the shared lock are unchanged."""
 
-    async def header(self, client: VendorClient) -> str:
-        async with self._lock:
-            if self._token is None or self._clock() >= self._expires - self.REFRESH_MARGIN:
-                answer = await client.call(
-                    "POST", self.token_url, params=self._form, authenticate=False
-                )
-                doc = answer.json()
-                token = doc.get("access_token") if isinstance(doc, dict) else None
-                if not isinstance(token, str) or not token:
-                    raise VendorError(client.source, "token endpoint gave no access_token")
-                self.fetches += 1
-                self._token = token
-                self._expires = self._clock() + float(doc.get("expires_in") or 3600)
-            return f"Bearer {self._token}"
+    IN_BODY = False
 
 
 def _items(doc: Any, *keys: str) -> list[dict[str, Any]]:
