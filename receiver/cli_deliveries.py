@@ -11,16 +11,17 @@ import argparse
 import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from receiver.api import body_fields, delivery_detail, iso
-from receiver.config import Settings
+from receiver.cli_errors import UsageError, int_between
 from receiver.records import DeliveryRecord, DeliveryStatus
-from receiver.storage import Storage, open_storage
-from receiver.storage.base import stream_deliveries
 from receiver.tables import table
+
+if TYPE_CHECKING:  # storage and the API (SQLAlchemy, Starlette) load when a command runs
+    from receiver.config import Settings
+    from receiver.storage import Storage
 
 LIST_COLUMNS = ("delivery_id", "status", "source", "task_id", "received_at", "attempts",
                 "last_error")  # fmt: skip
@@ -33,7 +34,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--status", choices=[s.value for s in DeliveryStatus])
     listing.add_argument("--source")
     listing.add_argument("--task-id")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int_between(1), default=50, help="at least 1")
     show = dsub.add_parser("show", help="one delivery with headers and body", parents=[common])
     show.add_argument("delivery_id")
     retry = dsub.add_parser("retry", help="requeue failed, dead or quarantined deliveries",
@@ -55,10 +56,13 @@ def _timestamp(value: str | None, flag: str) -> float | None:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        raise SystemExit(f"taskhook: {flag} must be an ISO 8601 date or datetime") from None
+        raise UsageError(f"{flag} must be an ISO 8601 date or datetime, not {value!r}") from None
 
 
 async def run_deliveries(settings: Settings, args: argparse.Namespace) -> int:
+    from receiver.api import delivery_detail, iso
+    from receiver.storage import open_storage
+
     storage = open_storage(settings.database.url)
     await storage.open()
     try:
@@ -67,13 +71,20 @@ async def run_deliveries(settings: Settings, args: argparse.Namespace) -> int:
             page = await storage.list_deliveries(
                 status=status, source=args.source, task_id=args.task_id, limit=args.limit
             )
+            if getattr(args, "json", False):  # one object per line, full last_error: for scripts
+                for d in page.items:
+                    print(orjson.dumps(dict(zip(LIST_COLUMNS, (
+                        d.id, d.status.value, d.source, d.task_id, iso(d.received_at),
+                        d.attempts, d.last_error), strict=True))).decode())  # fmt: skip
+                return 0
             rows = [
                 (d.id, d.status.value, d.source, d.task_id, iso(d.received_at), d.attempts,
                  (d.last_error or "")[:60])
                 for d in page.items
             ]  # fmt: skip
             print(table(LIST_COLUMNS, rows))
-            print(f"\n{len(rows)} of {page.total} delivery(ies)")
+            if not getattr(args, "quiet", False):
+                print(f"\n{len(rows)} of {page.total} delivery(ies)")
             return 0
         if args.deliveries_command == "show":
             found = await storage.get_delivery(args.delivery_id)
@@ -108,6 +119,8 @@ async def _retry(storage: Storage, args: argparse.Namespace) -> int:
 
 def replay_line(d: DeliveryRecord) -> bytes:
     """One line of the replay format (shared/CONTRACT.md, "Recorded deliveries")."""
+    from receiver.api import body_fields, iso
+
     line: dict[str, Any] = {
         "source": d.source, "received_at": iso(d.received_at), "headers": d.headers,
     }  # fmt: skip
@@ -117,6 +130,10 @@ def replay_line(d: DeliveryRecord) -> bytes:
 
 
 async def run_export(settings: Settings, args: argparse.Namespace) -> int:
+    from receiver.storage import open_storage
+    from receiver.storage.base import stream_deliveries
+
+    since, until = _timestamp(args.since, "--since"), _timestamp(args.until, "--until")
     storage = open_storage(settings.database.url)
     await storage.open()
     out = sys.stdout.buffer
@@ -126,8 +143,8 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
             storage,
             status=DeliveryStatus(args.status) if args.status else None,
             source=args.source,
-            since=_timestamp(args.since, "--since"),
-            until=_timestamp(args.until, "--until"),
+            since=since,
+            until=until,
         ):
             if record.body is None:  # a duplicate receipt: its original carries the body
                 continue
@@ -136,5 +153,6 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         out.flush()
         await storage.close()
-    print(f"exported {count} delivery(ies)", file=sys.stderr)
+    if not getattr(args, "quiet", False):
+        print(f"exported {count} delivery(ies)", file=sys.stderr)
     return 0

@@ -8,9 +8,12 @@ dotted key at fault.
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets as random_secrets
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -40,10 +43,12 @@ from receiver.source_settings import (
 )
 
 __all__ = [
+    "ALL_SECRETS",
     "DEFAULT_API_URLS",
     "DEFAULT_HEADERS",
     "DEFAULT_MAX_BODY",
     "EVENT_NAME",
+    "NO_SECRETS",
     "POLLED_KINDS",
     "TASKMONK_URLS",
     "WHSEC_MAX_KEY",
@@ -56,6 +61,7 @@ __all__ = [
     "LogSettings",
     "ReconcileSettings",
     "RetentionSettings",
+    "SecretNeeds",
     "Settings",
     "SourceKind",
     "SourceSettings",
@@ -190,6 +196,40 @@ class Settings(StrictModel):
     http: HttpSettings = Field(default_factory=HttpSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     insecure_dev: bool = False
+    # The ``*_env`` keys (or variables) a command did not resolve (see `SecretNeeds`).
+    unresolved: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SecretNeeds:
+    """Which secrets kept in the environment a command resolves.
+
+    Read-only commands (listings, export, migrate) never verify, sign or poll, so they must
+    run where those variables are unset. A secret a command does not need whose variable is
+    unset is replaced by a random key nobody holds: validation still passes, and should it
+    ever be used it fails closed (nothing verifies against it, a vendor refuses it). Its key
+    is named in `Settings.unresolved`. A variable that is set is always read (its value is
+    then redacted like any other secret).
+    """
+
+    sources: frozenset[str] | None = None  # verification secrets of these sources; None: all
+    pollers: frozenset[str] | None = None  # reconcile credentials of these sources; None: all
+    api_keys: bool = True
+
+    def source(self, name: str) -> bool:
+        return self.sources is None or name in self.sources
+
+    def poller(self, name: str) -> bool:
+        return self.pollers is None or name in self.pollers
+
+
+ALL_SECRETS = SecretNeeds()
+NO_SECRETS = SecretNeeds(sources=frozenset(), pollers=frozenset(), api_keys=False)
+
+
+def _unknowable() -> str:
+    """A key nobody holds, valid for every scheme (a Standard Webhooks key of 32 bytes)."""
+    return "whsec_" + base64.b64encode(random_secrets.token_bytes(32)).decode()
 
 
 def _url_password(url: str) -> str:
@@ -211,11 +251,17 @@ def _env_value(env: Mapping[str, str], var: object, *, where: str, key: str) -> 
 
 
 def settings_from_mapping(
-    data: Mapping[str, Any], *, where: str = "settings", environ: Mapping[str, str] | None = None
+    data: Mapping[str, Any],
+    *,
+    where: str = "settings",
+    environ: Mapping[str, str] | None = None,
+    needs: SecretNeeds = ALL_SECRETS,
 ) -> Settings:
-    """Validate `data` (the TOML document's shape), resolving ``*_env`` indirections."""
+    """Validate `data` (the TOML document's shape), resolving the ``*_env`` indirections
+    `needs` asks for (the others only when their variable is set)."""
     env = os.environ if environ is None else environ
     doc: dict[str, Any] = {k: v for k, v in data.items()}
+    unresolved: list[str] = list(doc.pop("unresolved", ()))
 
     if url := env.get("TASKHOOK_DATABASE_URL"):
         doc["database"] = {**dict(doc.get("database") or {}), "url": url}
@@ -225,7 +271,10 @@ def settings_from_mapping(
         if not isinstance(raw, Mapping):
             raise ConfigError("must be a table", where=where, key=f"sources.{name}")
         src = dict(raw)
-        if var := src.get("secrets_env"):
+        if (var := src.get("secrets_env")) and not needs.source(name) and not env.get(str(var)):
+            unresolved.append(f"sources.{name}.secrets_env")
+            src["secrets"] = [*src.get("secrets", []), _unknowable()]
+        elif var:
             value = _env_value(env, var, where=where, key=f"sources.{name}.secrets_env")
             found = [s.strip() for s in value.split(",") if s.strip()]
             if not found:
@@ -240,7 +289,11 @@ def settings_from_mapping(
             for field in ("api_key", "client_secret"):
                 if var := rc.get(f"{field}_env"):
                     key = f"sources.{name}.reconcile.{field}_env"
-                    rc[field] = _env_value(env, var, where=where, key=key)
+                    if not needs.poller(name) and not env.get(str(var)):
+                        unresolved.append(key)
+                        rc[field] = _unknowable()
+                    else:
+                        rc[field] = _env_value(env, var, where=where, key=key)
             src["reconcile"] = rc
         sources[name] = src
     if sources:
@@ -250,11 +303,16 @@ def settings_from_mapping(
     keys = dict(api.get("keys") or {})
     for name, raw in keys.items():
         if isinstance(raw, Mapping) and (var := raw.get("key_env")):
+            if not needs.api_keys and not env.get(str(var)):
+                unresolved.append(f"api.keys.{name}.key_env")  # no key: nobody gets in
+                continue
             value = _env_value(env, var, where=where, key=f"api.keys.{name}.key_env")
             keys[name] = {**raw, "key": value}
     if keys:
         doc["api"] = {**api, "keys": keys}
 
+    if unresolved:
+        doc["unresolved"] = tuple(unresolved)
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as exc:
@@ -272,29 +330,36 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     insecure_dev: bool = False,
+    needs: SecretNeeds = ALL_SECRETS,
 ) -> Settings:
     """Settings from `path`, else ``$TASKHOOK_CONFIG``, else ``./taskhook.toml``, else the
-    built-in local default (SQLite ``./taskhook.db`` and one ``refonte`` source)."""
+    built-in local default (SQLite ``./taskhook.db`` and one ``refonte`` source). Secrets
+    in the environment are resolved as `needs` says."""
     env = os.environ if environ is None else environ
     chosen = path or env.get("TASKHOOK_CONFIG")
     if chosen is None and Path("taskhook.toml").is_file():
         chosen = "taskhook.toml"
     if chosen is None:
-        return local_default(environ=env, insecure_dev=insecure_dev)
+        return local_default(environ=env, insecure_dev=insecure_dev, needs=needs)
     where = str(chosen)
     try:
         data = tomllib.loads(Path(chosen).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("file not found", where=where) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot be read: {reason}", where=where) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", where=where) from None
-    settings = settings_from_mapping(data, where=where, environ=env)
+    settings = settings_from_mapping(data, where=where, environ=env, needs=needs)
     if insecure_dev:
         settings = settings.model_copy(update={"insecure_dev": True})
     return settings
 
 
-def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> Settings:
+def local_default(
+    *, environ: Mapping[str, str], insecure_dev: bool = False, needs: SecretNeeds = ALL_SECRETS
+) -> Settings:
     """The zero-config setup: `refonte` source keyed by ``$TASKHOOK_REFONTE_SECRET``, and an
     all-scopes API key from ``$TASKHOOK_OPS_KEY`` when that is set.
 
@@ -302,10 +367,15 @@ def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> 
     """
     secret = environ.get("TASKHOOK_REFONTE_SECRET", "")
     source: dict[str, Any] = {"kind": "refonte"}
+    pending: tuple[str, ...] = ()
     if secret:
         source |= {"verify": "header-token", "secrets": [secret]}
     elif insecure_dev:
         source |= {"verify": "none"}
+    elif not needs.source("refonte"):
+        # A command that never verifies: the source keeps its scheme, with a key nobody holds.
+        source |= {"verify": "header-token", "secrets": [_unknowable()]}
+        pending = ("TASKHOOK_REFONTE_SECRET",)
     else:
         raise ConfigError(
             "no configuration file and no secret: set TASKHOOK_REFONTE_SECRET, pass --config, "
@@ -317,13 +387,10 @@ def local_default(*, environ: Mapping[str, str], insecure_dev: bool = False) -> 
         "database": {"url": "sqlite:///taskhook.db"},
         "sources": {"refonte": source},
         "insecure_dev": insecure_dev and not secret,
+        "unresolved": pending,
     }
     if environ.get("TASKHOOK_OPS_KEY"):
         # One key with every scope, so the read/admin API works without a config file.
         scopes = ["tasks.read", "deliveries.read", "deliveries.write", "task.read", "task.edit"]
         doc["api"] = {"keys": {"ops": {"key_env": "TASKHOOK_OPS_KEY", "scopes": scopes}}}
-    return settings_from_mapping(
-        doc,
-        where="built-in default",
-        environ=environ,
-    )
+    return settings_from_mapping(doc, where="built-in default", environ=environ, needs=needs)

@@ -7,6 +7,7 @@ code bind ``delivery_id``, ``source`` and ``task_id`` through contextvars.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import Literal
@@ -23,6 +24,13 @@ _LEVELS = {
 }
 
 
+def colour_wanted(stream: object = None) -> bool:
+    """Colour only for a terminal, and never when ``NO_COLOR`` is set (https://no-color.org)."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return not os.environ.get("NO_COLOR") and bool(isatty and isatty())
+
+
 def configure_logging(
     *,
     format: Literal["auto", "json", "console"] = "auto",
@@ -30,21 +38,49 @@ def configure_logging(
     secrets: Iterable[str] = (),
 ) -> None:
     """`secrets` (every configured one) are scrubbed from every line, whatever field
-    carries them."""
+    carries them. Records of the standard `logging` module (uvicorn's) are rendered by the
+    same processors, so with ``format = "json"`` every line is JSON."""
     use_console = format == "console" or (format == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=colour_wanted())
+        if use_console
+        else structlog.processors.JSONRenderer()
     )
-    processors: list[structlog.typing.Processor] = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Tracebacks become text before the redactor, so a secret in one is scrubbed too.
-    processors += [structlog.processors.format_exc_info, Redactor(secrets), renderer]
+    tail: list[structlog.typing.Processor] = [
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
+    ]
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_taskhook", False)]:
+        root.removeHandler(old)  # configured again (tests, a second command): one handler
+    handler._taskhook = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn's loggers may carry handlers from an earlier dictConfig: theirs would print
+        # a second, unformatted copy of each line.
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

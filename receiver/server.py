@@ -34,7 +34,9 @@ request when a head arrives in one read (the benchmark figure is in bench/README
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -339,8 +341,52 @@ def build_config(
         # The protocol enforces requests in flight itself; uvicorn's limit_concurrency
         # (connections and requests together) stays off.
         http=protocol_for(http),
+        # uvicorn's records go through the handler `receiver.logs` installs, so they come out
+        # in the configured format (JSON included), not in uvicorn's own text format.
+        log_config=None,
     )
 
 
-def run(config: uvicorn.Config) -> None:
-    uvicorn.Server(config).run()
+class ListenError(OSError):
+    """The address cannot be listened on (in use, not ours, not an address): one line."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, for uvicorn to listen on.
+
+    Bound here, before the app starts, so that a port in use is one clear error (uvicorn
+    finds out after the app's start-up and logs a bare errno)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        # As uvicorn does: a restart may reuse the port while old connections time out.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def probe_storage(url: str) -> None:
+    """Open and close the database once, so an unopenable one stops `serve` with one line
+    (`StorageUnavailable`) before uvicorn would log the lifespan's traceback."""
+    from receiver.storage import open_storage
+
+    async def probe() -> None:
+        storage = open_storage(url)
+        await storage.open()
+        await storage.close()
+
+    asyncio.run(probe())
+
+
+def run(config: uvicorn.Config, sock: socket.socket | None = None) -> None:
+    with contextlib.closing(sock) if sock is not None else contextlib.nullcontext():
+        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

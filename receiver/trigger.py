@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from receiver.config import Settings, SourceSettings, load_settings
+from receiver.config import SecretNeeds, Settings, SourceSettings, load_settings
 from receiver.records import new_id
 from receiver.signing import sign
 
@@ -246,7 +246,9 @@ async def run(args: argparse.Namespace) -> int:
     receiver refused one, 2 when it could not be built."""
     import httpx
 
-    settings = load_settings(args.config)
+    # The sources' secrets (to sign), not the pollers' or the API's.
+    needs = SecretNeeds(sources=None, pollers=frozenset(), api_keys=False)
+    settings = load_settings(args.config, needs=needs)
     try:
         answers = await send(args.event, args.to, settings, args.source)
     except TriggerError as exc:
