@@ -32,15 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
-import platform
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from intake_bench import RESULTS  # noqa: E402
+import common  # noqa: E402
 from replay_speed import SECRET, record  # noqa: E402
 
 from receiver.app import create_app  # noqa: E402
@@ -143,22 +140,11 @@ def check_processed(
 # --- PostgreSQL databases ------------------------------------------------------------------
 
 
-async def pg_admin(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def create_database(server: str) -> str:
-    name = f"taskhook_pipe_{uuid.uuid4().hex[:10]}"
-    asyncio.run(pg_admin(server, f'CREATE DATABASE "{name}"'))
-    return name
+    return common.create_database(server, "taskhook_pipe")
 
 
-def drop_database(server: str, name: str) -> None:
-    asyncio.run(pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+drop_database = common.drop_database
 
 
 # --- one backend, one round ----------------------------------------------------------------
@@ -398,29 +384,10 @@ def main() -> int:
     valid = all(not r[b]["problems"] for r in rounds for b in backends)
     if not valid:
         print("INVALID RUN: some runs failed verification (see INVALID above)")
-    RESULTS.mkdir(exist_ok=True)
-    out_path = RESULTS / f"pipeline-{started.strftime('%Y%m%d-%H%M%S')}.json"
-    out_path.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "args": vars(args),
-                "dispatch": resolved,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "rounds": rounds,
-                "medians": medians,
-                "targets": targets,
-                "valid": valid,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    out_path = common.write_results("pipeline", started, {
+        "args": vars(args), "dispatch": resolved, "rounds": rounds, "medians": medians,
+        "targets": targets, "valid": valid,
+    })  # fmt: skip
     print(f"results: {out_path.relative_to(BENCH.parent)}")
     return 0 if valid else 1
 

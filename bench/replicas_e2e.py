@@ -42,7 +42,6 @@ import collections
 import http.client
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -66,7 +65,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from intake_bench import RESULTS, free_port  # noqa: E402
+import common  # noqa: E402
+from intake_bench import free_port  # noqa: E402
 from pipeline_bench import DEFAULT_PG, LEDGER_SQL, STATUS_SQL, check_processed  # noqa: E402
 from replay_speed import SECRET, record  # noqa: E402
 
@@ -460,14 +460,6 @@ async def measure(
     }
 
 
-async def pg_admin(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def run(
     n: int, deliveries: list[tuple[bytes, str]], args: argparse.Namespace, workdir: Path, label: str
 ) -> dict[str, Any]:
@@ -475,7 +467,7 @@ def run(
     url = f"{args.pg}/{name}"
     rundir = workdir / label
     rundir.mkdir()
-    asyncio.run(pg_admin(args.pg, f'CREATE DATABASE "{name}"'))
+    asyncio.run(common.pg_admin(args.pg, f'CREATE DATABASE "{name}"'))
     replicas: list[Replica] = []
     out: dict[str, Any] = {"replicas": n, "database": name}
     try:
@@ -495,7 +487,7 @@ def run(
                 out.setdefault("problems", []).append(
                     f"replica {r.pid} exited with {r.proc.returncode}: {r.log_tail(5)}"
                 )
-        asyncio.run(pg_admin(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        common.drop_database(args.pg, name)
     return out
 
 
@@ -644,31 +636,10 @@ def main() -> int:
     valid = all(not r[k].get("problems") for r in rounds for k in ("one", "many"))
     if not valid:
         print("INVALID RUN: some runs failed verification (see INVALID above)")
-    RESULTS.mkdir(exist_ok=True)
-    out_path = RESULTS / f"replicas-e2e-{started.strftime('%Y%m%d-%H%M%S')}.json"
-    out_path.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "args": vars(args),
-                "dispatch": dispatch_settings(args),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "rounds": rounds,
-                "medians": medians,
-                "ratio": ratio,
-                "samples_many": totals,
-                "valid": valid,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    out_path = common.write_results("replicas-e2e", started, {
+        "args": vars(args), "dispatch": dispatch_settings(args), "rounds": rounds,
+        "medians": medians, "ratio": ratio, "samples_many": totals, "valid": valid,
+    })  # fmt: skip
     print(f"results: {out_path.relative_to(ROOT)}")
     return 0 if valid else 1
 
