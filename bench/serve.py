@@ -1,7 +1,7 @@
 """Start one benchmark server: ``python bench/serve.py {bare,intake} --port P [--config F]``.
 
 Both servers are configured by `receiver.server.build_config`, the function ``taskhook serve``
-uses (receiver/cli.py: ``cmd_serve``), so their uvicorn settings are those of ``serve`` and
+uses (receiver/cli/serve.py: ``cmd_serve``), so their uvicorn settings are those of ``serve`` and
 identical to each other by construction: the front door's protocol with the ``[http]`` limits
 (the bare app gets the defaults), one worker, uvloop + httptools (what ``uvicorn[standard]``
 installs), keep-alive from ``[http]``; on top, the benchmark's own choices: no access log, log

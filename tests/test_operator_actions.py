@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from receiver.app import TaskhookApp
-from receiver.cli_deliveries import run_export
+from receiver.cli.deliveries import run_export
 from receiver.events import Event
 from receiver.rebuild import rebuild
 from receiver.replay import read_recordings, replay_local, replay_remote

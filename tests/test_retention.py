@@ -19,8 +19,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from receiver import cli_prune
 from receiver.app import TaskhookApp
+from receiver.cli import prune as cli_prune
 from receiver.events import Event
 from receiver.prune import DAY, Pruner, PruneSummary
 from receiver.rebuild import rebuild

@@ -126,8 +126,10 @@ def test_unknown_events_and_sources_are_refused(tmp_path: Path) -> None:
 
 
 def test_trigger_command_against_a_running_receiver(tmp_path: Path) -> None:
-    """The command as wired by `configure`/`run` (cli.py registers it), over real HTTP."""
+    """The command as the CLI wires it (`receiver.cli.trigger`), over real HTTP."""
     import argparse
+
+    from receiver.cli import trigger as trigger_command
 
     config = tmp_path / "taskhook.toml"
     config.write_text(
@@ -139,7 +141,7 @@ def test_trigger_command_against_a_running_receiver(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config")
-    trigger.configure(parser.add_subparsers(dest="command"), common)
+    trigger_command.configure(parser.add_subparsers(dest="command"), common)
     with serving(tmp_path, "--config", str(config), env=clean_env()) as (base, _):
         args = parser.parse_args(["trigger", "task.recalled", "--to", base, "--config",
                                   str(config)])  # fmt: skip

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from receiver.cli_errors import UsageError, int_between
+from receiver.cli.errors import UsageError, int_between
 from receiver.records import DeliveryRecord, DeliveryStatus
 from receiver.tables import table
 

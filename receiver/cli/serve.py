@@ -1,0 +1,66 @@
+"""``taskhook serve`` and ``taskhook migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from receiver.cli.common import configure_logging_for, settings_for
+from receiver.cli.errors import fail
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from receiver.app import create_app
+    from receiver.server import bind_socket, build_config, probe_storage, run
+
+    settings = settings_for(args)
+    configure_logging_for(settings, "warning" if args.quiet else settings.log.level)
+    # Both checked before anything starts, so the mistake is one line, not uvicorn's
+    # "Application startup failed" with a traceback or a port that is not the one asked for.
+    sock = bind_socket(args.host, args.port)
+    probe_storage(settings.database.url)
+    app = create_app(settings)
+    # The front door's limits ([http]) are enforced by receiver.server's protocol.
+    config = build_config(
+        app,
+        settings,
+        host=args.host,
+        port=args.port,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        access_log=args.access_log,
+        log_level="warning" if args.quiet else settings.log.level,
+        graceful_timeout=args.graceful_timeout,
+    )
+    began = time.monotonic()
+    try:
+        run(config, sock)
+    except KeyboardInterrupt:
+        # uvicorn has shut down gracefully, then re-raises the SIGINT it captured.
+        seconds = time.monotonic() - began
+        return fail(f"interrupted: stopped cleanly after {seconds:.0f}s of serving", 130)
+    except SystemExit as exc:  # uvicorn's own start-up failure, already logged
+        if exc.code in (0, None):
+            return 0
+        return fail("the receiver did not start (the log above says why)")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from receiver.app import create_app
+
+    settings = settings_for(args)
+
+    async def run() -> None:
+        # The app's schema, then each plugin's tables (the ledger's): what `serve` would do.
+        app = create_app(settings)
+        await app.open()
+        await app.storage.close()
+
+    from receiver.redaction import display_url
+
+    asyncio.run(run())
+    if not args.quiet:
+        print(f"schema up to date: {display_url(settings.database.url)}")
+    return 0
