@@ -242,3 +242,20 @@ def test_trigger_and_simulate_concurrency_are_commands() -> None:
         capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_list_every_command_and_its_options(shell: str) -> None:
+    import subprocess
+
+    from tests.test_cli import TASKHOOK, clean_env
+
+    done = subprocess.run([*TASKHOOK, "completion", shell], capture_output=True, text=True,
+                          env=clean_env(), timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for word in ("serve", "replay", "trigger", "deliveries", "tasks"):  # tasks: a plugin's
+        assert word in done.stdout
+    assert "graceful-timeout" in done.stdout  # a command's own option
+    if shell == "bash":
+        checked = subprocess.run(["bash", "-n"], input=done.stdout, text=True, check=False)
+        assert checked.returncode == 0  # the script parses

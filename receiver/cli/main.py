@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from receiver.cli import completion, trigger
+
 # Only what parsing needs is imported here: the app, pydantic, SQLAlchemy and uvicorn are
 # imported by the command that uses them, so `--help` and `--version` stay fast.
 from receiver.cli import prune as cli_prune
-from receiver.cli import trigger
 from receiver.cli.common import positive, settings_for, with_app
 from receiver.cli.deliveries import add_parsers
 from receiver.cli.errors import ArgParser, guarded, port
@@ -75,6 +76,10 @@ def build_parser(commands: Sequence[Command] = (), epilog: str | None = None) ->
     add_reconcile_parser(sub, common)
     cli_prune.add_parser(sub, common)
     trigger.configure(sub, common)
+    complete = sub.add_parser(
+        "completion", help="print a shell completion script (bash, zsh or fish)", parents=[common]
+    )
+    complete.add_argument("shell", choices=completion.SHELLS)
 
     sign = sub.add_parser(
         "sign",
@@ -167,7 +172,11 @@ def _main(found: Globals, rest: list[str]) -> int:
             if command is not None:
                 raise  # a plugin command (or a typo) cannot be told apart without plugins
             epilog = f"plugin commands are not listed: {exc}"
-    args = build_parser(commands, epilog).parse_args(rest)
+    parser = build_parser(commands, epilog)
+    args = parser.parse_args(rest)
+    if args.command == "completion":  # made from this parser: plugins' commands included
+        print(completion.script(args.shell, parser), end="")
+        return 0
     args.config, args.quiet, args.debug = found.config, found.quiet, found.debug
     args.json = found.json or getattr(args, "json", False)
     if getattr(args, "plugin_command", None) is not None:
