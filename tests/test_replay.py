@@ -330,3 +330,18 @@ def test_simulate_plays_a_vendor_into_a_running_receiver(tmp_path: Path) -> None
         ]
     assert items == 30  # every item ends with its unique_id held by one live task
     assert errored >= 1 and stale >= 1
+
+
+def test_replay_and_rebuild_give_their_summary_as_json(tmp_path: Path) -> None:
+    """`--json`: the summary for scripts; the progress goes to stderr, never into it."""
+    config = write_config(tmp_path, "json")
+    samples = Path(__file__).resolve().parents[1] / "samples" / "refonte"
+    replayed = cli(config, "replay", str(samples), "--source", "refonte", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    summary = json.loads(replayed.stdout)
+    assert summary["accepted"] == summary["deliveries"] > 0 and summary["rejected"] == {}
+    assert "stored:" in replayed.stderr and "applied:" in replayed.stderr
+    rebuilt = cli(config, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["deliveries"] == summary["accepted"]
+    assert "read:" in rebuilt.stderr

@@ -130,6 +130,7 @@ def replay_line(d: DeliveryRecord) -> bytes:
 
 
 async def run_export(settings: Settings, args: argparse.Namespace) -> int:
+    from receiver.progress import board
     from receiver.storage import open_storage
     from receiver.storage.base import stream_deliveries
 
@@ -139,17 +140,21 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     count = 0
     try:
-        async for record in stream_deliveries(
-            storage,
-            status=DeliveryStatus(args.status) if args.status else None,
-            source=args.source,
-            since=since,
-            until=until,
-        ):
-            if record.body is None:  # a duplicate receipt: its original carries the body
-                continue
-            out.write(replay_line(record) + b"\n")
-            count += 1
+        with board() as progress:  # on stderr: stdout is the export itself
+            read = progress.phase("read", (await storage.list_deliveries(limit=1)).total)
+            async for record in stream_deliveries(
+                storage,
+                status=DeliveryStatus(args.status) if args.status else None,
+                source=args.source,
+                since=since,
+                until=until,
+            ):
+                read.advance()
+                if record.body is None:  # a duplicate receipt: its original carries the body
+                    continue
+                out.write(replay_line(record) + b"\n")
+                count += 1
+            progress.finish(read)
     finally:
         out.flush()
         await storage.close()

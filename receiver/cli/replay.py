@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 
 from receiver.cli.common import configure_logging_for, settings_for, with_app
 
@@ -22,7 +24,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         quiet = settings.dispatch.model_copy(update={"enabled": False})
         app = create_app(settings.model_copy(update={"dispatch": quiet}))
         summary = with_app(app, lambda a: replay_local(a, records, dry_run=args.dry_run))
-    print(summary.render(verb="would be accepted" if args.dry_run else "accepted"))
+    if getattr(args, "json", False):
+        print(json.dumps({"deliveries": summary.total, "accepted": summary.accepted,
+                          "duplicate": summary.duplicate, "rejected": dict(summary.rejected),
+                          "dry_run": args.dry_run}))  # fmt: skip
+    else:
+        print(summary.render(verb="would be accepted" if args.dry_run else "accepted"))
     return 1 if summary.rejected else 0
 
 
@@ -34,5 +41,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     configure_logging_for(settings, "warning")
     app = create_app(settings)
     summary = with_app(app, lambda a: backfill(a, args.handler) if args.handler else rebuild(a))
-    print(("backfilled " + args.handler + ": " if args.handler else "rebuilt: ") + summary.render())
+    if getattr(args, "json", False):
+        print(json.dumps(dataclasses.asdict(summary) | {"handler": args.handler}))
+    else:
+        done = "backfilled " + args.handler + ": " if args.handler else "rebuilt: "
+        print(done + summary.render())
     return 1 if summary.runs_failed else 0
