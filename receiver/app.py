@@ -27,14 +27,17 @@ from receiver.errors import StorageUnavailable
 from receiver.events import EVENT_NAMES
 from receiver.intake import PREFIX, WORKSTREAM_PREFIX, Intake
 from receiver.metrics import Metrics
+from receiver.monitor import Monitor
 from receiver.plugins import load_plugins
 from receiver.prune import Pruner
 from receiver.reconcile import Reconciler, poller_for
 from receiver.redaction import Redactor, display_url
 from receiver.registry import HandlerRegistry
+from receiver.signals import Periodic
 from receiver.source_runtime import SourceRuntime
 from receiver.sources import adapter_for
 from receiver.storage import Storage, open_storage
+from receiver.ui import ui_routes
 
 log = structlog.get_logger("taskhook.app")
 
@@ -66,7 +69,11 @@ class TaskhookApp:
         )
         declared = {name for src in settings.sources.values() for name in src.events}
         self.registry = HandlerRegistry(
-            EVENT_NAMES | declared, storage=self.storage, keys=self.keys, clock=clock
+            EVENT_NAMES | declared,
+            storage=self.storage,
+            keys=self.keys,
+            clock=clock,
+            settings=settings,
         )
         self.plugins = load_plugins(
             self.registry, specs=settings.handlers, use_entry_points=settings.entry_points
@@ -86,6 +93,7 @@ class TaskhookApp:
             clock=clock,
         )
         self.registry.set_waker(self.dispatcher.notify)
+        self.registry.set_task_reconciler(self.reconcile_task)
         self.intake = Intake(
             sources=self.sources,
             storage=self.storage,
@@ -104,8 +112,10 @@ class TaskhookApp:
             metrics=self.metrics,
             clock=clock,
         )
+        self.monitor = Monitor(self)
+        ui = ui_routes(self) if settings.ui.enabled else []
         self.http = Starlette(
-            routes=[*build_routes(self), *self.registry.routes],
+            routes=[*build_routes(self), *ui, *self.registry.routes],
             lifespan=self._lifespan,
             # A storage failure in any route (a plugin's too) is 503 + Retry-After, not 500.
             exception_handlers={StorageUnavailable: storage_unavailable},
@@ -115,7 +125,11 @@ class TaskhookApp:
         if scope["type"] == "http":
             structlog.contextvars.clear_contextvars()
             if scope["path"].startswith((PREFIX, WORKSTREAM_PREFIX)):
-                await self.intake(scope, receive, send)
+                started = time.perf_counter()
+                try:
+                    await self.intake(scope, receive, send)
+                finally:
+                    self.metrics.ack_seconds.observe(time.perf_counter() - started)
                 return
         await self.http(scope, receive, send)
 
@@ -150,6 +164,9 @@ class TaskhookApp:
             self._pollers.append(
                 asyncio.create_task(self.pruner.forever(every, first=min(every, 60.0)))
             )
+        self._pollers.append(asyncio.create_task(self.monitor.forever(), name="taskhook-monitor"))
+        for job in self.registry.periodic:
+            self._pollers.append(asyncio.create_task(_every(job), name=f"taskhook-{job.name}"))
         log.info(
             "taskhook started",
             sources=sorted(self.sources),
@@ -198,12 +215,28 @@ class TaskhookApp:
         finally:
             await reconciler.poller.aclose()
 
+    async def reconcile_task(self, source: str, task_id: str) -> bool:
+        """Ask `source`'s vendor for one task now, fed through the intake (the watchdog's
+        targeted reconcile); False when the source is not polled."""
+        from receiver.reconcile.targeted import reconcile_one
+
+        return await reconcile_one(self, source, task_id)
+
     async def retry(self, delivery_id: str) -> bool | None:
         """Requeue a failed/dead/quarantined delivery (the HTTP route and the CLI share this)."""
         done = await self.storage.requeue(delivery_id, now=self.clock())
         if done:
             self.dispatcher.notify()
         return done
+
+
+async def _every(job: Periodic) -> None:
+    while True:
+        await asyncio.sleep(job.seconds)
+        try:
+            await job.job()
+        except Exception:
+            log.exception("periodic job failed", job=job.name)
 
 
 def create_app(

@@ -8,12 +8,9 @@ dotted key at fault.
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets as random_secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -26,6 +23,14 @@ from pydantic import (
 )
 
 from receiver.errors import ConfigError
+from receiver.ops_settings import AlertsSettings, UiSettings, WatchdogSettings, resolve_alerts
+from receiver.secret_needs import (
+    ALL_SECRETS,
+    NO_SECRETS,
+    SecretNeeds,
+    env_value,
+    unknowable_key,
+)
 from receiver.source_settings import (
     DEFAULT_API_URLS,
     DEFAULT_HEADERS,
@@ -53,6 +58,7 @@ __all__ = [
     "TASKMONK_URLS",
     "WHSEC_MAX_KEY",
     "WHSEC_MIN_KEY",
+    "AlertsSettings",
     "ApiKey",
     "ApiSettings",
     "DatabaseSettings",
@@ -65,7 +71,9 @@ __all__ = [
     "Settings",
     "SourceKind",
     "SourceSettings",
+    "UiSettings",
     "VerifyScheme",
+    "WatchdogSettings",
     "load_settings",
     "local_default",
     "settings_from_mapping",
@@ -182,6 +190,8 @@ class Settings(StrictModel):
             if (rc := src.reconcile) is not None:
                 found += [s.get_secret_value() for s in (rc.api_key, rc.client_secret) if s]
         found += [k.key.get_secret_value() for k in self.api.keys.values() if k.key]
+        if self.alerts.secret is not None:
+            found.append(self.alerts.secret.get_secret_value())
         if password := _url_password(self.database.url):
             found.append(password)
         return tuple(found)
@@ -195,41 +205,12 @@ class Settings(StrictModel):
     log: LogSettings = Field(default_factory=LogSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
     insecure_dev: bool = False
     # The ``*_env`` keys (or variables) a command did not resolve (see `SecretNeeds`).
     unresolved: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SecretNeeds:
-    """Which secrets kept in the environment a command resolves.
-
-    Read-only commands (listings, export, migrate) never verify, sign or poll, so they must
-    run where those variables are unset. A secret a command does not need whose variable is
-    unset is replaced by a random key nobody holds: validation still passes, and should it
-    ever be used it fails closed (nothing verifies against it, a vendor refuses it). Its key
-    is named in `Settings.unresolved`. A variable that is set is always read (its value is
-    then redacted like any other secret).
-    """
-
-    sources: frozenset[str] | None = None  # verification secrets of these sources; None: all
-    pollers: frozenset[str] | None = None  # reconcile credentials of these sources; None: all
-    api_keys: bool = True
-
-    def source(self, name: str) -> bool:
-        return self.sources is None or name in self.sources
-
-    def poller(self, name: str) -> bool:
-        return self.pollers is None or name in self.pollers
-
-
-ALL_SECRETS = SecretNeeds()
-NO_SECRETS = SecretNeeds(sources=frozenset(), pollers=frozenset(), api_keys=False)
-
-
-def _unknowable() -> str:
-    """A key nobody holds, valid for every scheme (a Standard Webhooks key of 32 bytes)."""
-    return "whsec_" + base64.b64encode(random_secrets.token_bytes(32)).decode()
 
 
 def _url_password(url: str) -> str:
@@ -239,15 +220,6 @@ def _url_password(url: str) -> str:
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
-
-
-def _env_value(env: Mapping[str, str], var: object, *, where: str, key: str) -> str:
-    """The value of the environment variable a ``*_env`` key names; empty or unset is an
-    error naming that key."""
-    value = env.get(str(var), "")
-    if not value:
-        raise ConfigError(f"environment variable {var} is empty or unset", where=where, key=key)
-    return value
 
 
 def settings_from_mapping(
@@ -273,9 +245,9 @@ def settings_from_mapping(
         src = dict(raw)
         if (var := src.get("secrets_env")) and not needs.source(name) and not env.get(str(var)):
             unresolved.append(f"sources.{name}.secrets_env")
-            src["secrets"] = [*src.get("secrets", []), _unknowable()]
+            src["secrets"] = [*src.get("secrets", []), unknowable_key()]
         elif var:
-            value = _env_value(env, var, where=where, key=f"sources.{name}.secrets_env")
+            value = env_value(env, var, where=where, key=f"sources.{name}.secrets_env")
             found = [s.strip() for s in value.split(",") if s.strip()]
             if not found:
                 raise ConfigError(
@@ -291,9 +263,9 @@ def settings_from_mapping(
                     key = f"sources.{name}.reconcile.{field}_env"
                     if not needs.poller(name) and not env.get(str(var)):
                         unresolved.append(key)
-                        rc[field] = _unknowable()
+                        rc[field] = unknowable_key()
                     else:
-                        rc[field] = _env_value(env, var, where=where, key=key)
+                        rc[field] = env_value(env, var, where=where, key=key)
             src["reconcile"] = rc
         sources[name] = src
     if sources:
@@ -306,11 +278,12 @@ def settings_from_mapping(
             if not needs.api_keys and not env.get(str(var)):
                 unresolved.append(f"api.keys.{name}.key_env")  # no key: nobody gets in
                 continue
-            value = _env_value(env, var, where=where, key=f"api.keys.{name}.key_env")
+            value = env_value(env, var, where=where, key=f"api.keys.{name}.key_env")
             keys[name] = {**raw, "key": value}
     if keys:
         doc["api"] = {**api, "keys": keys}
 
+    resolve_alerts(doc, env, needs, where=where, unresolved=unresolved)
     if unresolved:
         doc["unresolved"] = tuple(unresolved)
     try:
@@ -374,7 +347,7 @@ def local_default(
         source |= {"verify": "none"}
     elif not needs.source("refonte"):
         # A command that never verifies: the source keeps its scheme, with a key nobody holds.
-        source |= {"verify": "header-token", "secrets": [_unknowable()]}
+        source |= {"verify": "header-token", "secrets": [unknowable_key()]}
         pending = ("TASKHOOK_REFONTE_SECRET",)
     else:
         raise ConfigError(

@@ -61,6 +61,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.ack_seconds = Histogram(
+            "taskhook_ack_seconds",
+            "Time from a callback request's arrival to its answer (the vendor's wait)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
+
     def observe_commit(self, rows: int, seconds: float) -> None:
         """Called from the writer thread; prometheus-client's metrics are thread-safe."""
         self.commit_seconds.observe(seconds)

@@ -13,10 +13,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
 from receiver.errors import PayloadError, RegistryError
 from receiver.events import EVENT_NAMES, Event
 from receiver.plugin_store import PluginStorage, Tx
 from receiver.records import DeliveryRecord
+from receiver.signals import Job, NavLink, Periodic, Signal, SignalHook
+
+log = structlog.get_logger("taskhook.registry")
 
 
 class Handler(Protocol):
@@ -75,6 +80,7 @@ class HandlerRegistry:
         storage: PluginStorage | None = None,
         keys: Any = None,
         clock: Callable[[], float] = time.time,
+        settings: Any = None,
     ) -> None:
         self._known = frozenset(known_events)
         self._handlers: list[RegisteredHandler] = []
@@ -93,6 +99,13 @@ class HandlerRegistry:
         #: The app's clock: what a plugin stores (an operator action) is timed by it.
         self.clock = clock
         self._waker: Callable[[], None] = lambda: None
+        #: The app's `Settings` (read-only), for plugins with a section of their own
+        #: (``[alerts]``, ``[watchdog]``). None when the registry stands alone.
+        self.settings = settings
+        self._signal_hooks: list[SignalHook] = []
+        self._periodic: list[Periodic] = []
+        self._nav: list[NavLink] = []
+        self._reconcile_task: Callable[[str, str], Awaitable[bool]] | None = None
 
     def set_waker(self, wake: Callable[[], None]) -> None:
         """The app's dispatcher wake-up (the app sets it; plugins call `wake`)."""
@@ -102,6 +115,58 @@ class HandlerRegistry:
         """A plugin stored deliveries in its own transaction: dispatch them now, not at the
         next poll."""
         self._waker()
+
+    def on_signal(self, hook: SignalHook) -> SignalHook:
+        """Hear every operational `Signal` (see `receiver.signals`); a failing hook is logged."""
+        self._check_open()
+        self._signal_hooks.append(hook)
+        return hook
+
+    async def signal(self, signal: Signal) -> None:
+        """Raise `signal` to every `on_signal` hook, one after the other; a hook's failure
+        is logged and never reaches the caller (nor the hooks after it)."""
+        for hook in self._signal_hooks:
+            try:
+                result = hook(signal)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("signal hook failed", kind=signal.kind, key=signal.key)
+
+    def every(self, seconds: float, job: Job, *, name: str) -> Job:
+        """Have `taskhook serve` await `job()` every `seconds` (the first time after
+        `seconds`); a run that raises is logged and the next one comes on time."""
+        self._check_open()
+        if seconds <= 0:
+            raise RegistryError(f"periodic job {name!r}: seconds must be above 0")
+        self._periodic.append(Periodic(name, float(seconds), job))
+        return job
+
+    @property
+    def periodic(self) -> tuple[Periodic, ...]:
+        return tuple(self._periodic)
+
+    def add_nav(self, title: str, path: str) -> None:
+        """List a plugin's dashboard page (a route it added under ``/ui/``) in the nav."""
+        self._check_open()
+        if not path.startswith("/ui/"):
+            raise RegistryError(f"dashboard pages live under /ui/, not {path!r}")
+        self._nav.append(NavLink(title, path))
+
+    @property
+    def nav(self) -> tuple[NavLink, ...]:
+        return tuple(self._nav)
+
+    def set_task_reconciler(self, reconcile: Callable[[str, str], Awaitable[bool]]) -> None:
+        """The app's targeted reconcile (the app sets it; plugins call `reconcile_task`)."""
+        self._reconcile_task = reconcile
+
+    async def reconcile_task(self, source: str, task_id: str) -> bool:
+        """Ask `source`'s vendor API for one task now and feed what it says through the
+        intake; False when the source has no ``[reconcile]`` section (nothing to ask)."""
+        if self._reconcile_task is None:
+            return False
+        return await self._reconcile_task(source, task_id)
 
     def interpret(self, kind: str, interpreter: Interpreter) -> Interpreter:
         """Derive the events of `kind` deliveries with `interpreter` instead of the source's
