@@ -5,14 +5,17 @@ progress display shows each phase — a replay's "stored" then "applied to the l
 its count, its total when known, the rate and the time left. Off a terminal (CI, a pipe, a
 log file) the same phases are reported as a plain line every `every` seconds and at their
 end, so a long run never looks hung and a log stays greppable.
+
+The board keeps its phases, so a command interrupted by Ctrl-C can say how far each got.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -53,8 +56,11 @@ class Phase:
             self.total = total
         self._board.show(self)
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
     def rate(self) -> float:
-        return self.done / max(1e-9, time.monotonic() - self.started)
+        return self.done / max(1e-9, self.elapsed())
 
 
 class Board:
@@ -64,6 +70,7 @@ class Board:
         self._stream = stream
         self._every = every
         self._live: Progress | None = None
+        self.phases: dict[str, Phase] = {}
         if interactive(stream):
             console = Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")))
             self._live = Progress(
@@ -75,6 +82,7 @@ class Board:
 
     def phase(self, name: str, total: int | None = None) -> Phase:
         phase = Phase(self, name, total)
+        self.phases[name] = phase
         if self._live is not None:
             phase._task = self._live.add_task(name, total=total, rate="")
         return phase
@@ -93,6 +101,11 @@ class Board:
             print(f"{phase.name}: {phase.done:,}{of} ({phase.rate():,.0f}/s)", file=self._stream,
                   flush=True)  # fmt: skip
 
+    def done(self, name: str) -> int:
+        """How much the phase `name` did (0 if it never began)."""
+        phase = self.phases.get(name)
+        return phase.done if phase is not None else 0
+
     def finish(self, phase: Phase) -> None:
         self.show(phase, final=True)
 
@@ -109,3 +122,26 @@ def board(stream: TextIO = sys.stderr, *, every: float = 5.0) -> Iterator[Board]
         yield shown
     finally:
         shown.close()
+
+
+async def drain_showing(
+    shown: Board, backlog: Callable[[], Awaitable[int]], drain: Callable[[], Awaitable[None]]
+) -> Phase:
+    """Run `drain()` (a dispatcher's), showing as an "applied" phase how much of what was
+    waiting (`backlog()`, asked twice a second) is no longer waiting."""
+    waiting = await backlog()
+    applied = shown.phase("applied", waiting)
+    work = asyncio.ensure_future(drain())
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.5)
+            left = await backlog()
+            applied.update(max(0, waiting - left))
+        await work
+    finally:
+        if not work.done():  # interrupted: the drain ends with us, not after us
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    applied.update(waiting)
+    shown.finish(applied)
+    return applied

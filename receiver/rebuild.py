@@ -11,13 +11,16 @@ run is recorded as in dispatch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from receiver.app import TaskhookApp
 from receiver.errors import RegistryError
 from receiver.events import Event
-from receiver.progress import Phase, board
+from receiver.progress import Board, Phase, board
 from receiver.records import DeliveryRecord, DeliveryStatus, HandlerRun
+from receiver.registry import RegisteredHandler
 from receiver.storage.base import stream_deliveries
 
 _SKIP = (DeliveryStatus.DUPLICATE, DeliveryStatus.QUARANTINED)
@@ -38,18 +41,30 @@ class RebuildSummary:
         return text
 
 
-async def rebuild(app: TaskhookApp, *, batch: int = BATCH) -> RebuildSummary:
+async def rebuild(
+    app: TaskhookApp, *, batch: int = BATCH, shown: Board | None = None
+) -> RebuildSummary:
     """Empty derived state, then interpret every stored delivery again in receipt order, a
-    batch per transaction through the dispatcher's own path (`receiver.interpret`)."""
+    batch per transaction through the dispatcher's own path (`receiver.interpret`). What it
+    has read of how many shows on `shown` (a board of its own if None) as phase "read"."""
     summary = RebuildSummary()
     for hook in app.registry.reset_hooks:
         await hook()
     run: list[DeliveryRecord] = []
-    with board() as shown:
-        read = shown.phase("read", (await app.storage.list_deliveries(limit=1)).total)
+    with _board(shown) as progress:
+        read = progress.phase("read", (await app.storage.list_deliveries(limit=1)).total)
         await _rebuild(app, summary, run, read, batch)
-        shown.finish(read)
+        progress.finish(read)
     return summary
+
+
+@contextmanager
+def _board(shown: Board | None) -> Iterator[Board]:
+    if shown is not None:  # the caller's: it closes it
+        yield shown
+        return
+    with board() as own:
+        yield own
 
 
 async def _rebuild(
@@ -74,14 +89,24 @@ async def _rebuild(
         await apply()
 
 
-async def backfill(app: TaskhookApp, handler_name: str) -> RebuildSummary:
+async def backfill(
+    app: TaskhookApp, handler_name: str, *, shown: Board | None = None
+) -> RebuildSummary:
     found = [h for h in app.registry.handlers if h.name == handler_name]
     if not found:
         known = ", ".join(h.name for h in app.registry.handlers) or "none"
         raise RegistryError(f"no handler named {handler_name!r} (registered: {known})")
-    handler = found[0]
+    with _board(shown) as progress:
+        read = progress.phase("read", (await app.storage.list_deliveries(limit=1)).total)
+        summary = await _backfill(app, found[0], read)
+        progress.finish(read)
+    return summary
+
+
+async def _backfill(app: TaskhookApp, handler: RegisteredHandler, read: Phase) -> RebuildSummary:
     summary = RebuildSummary()
     async for delivery in stream_deliveries(app.storage):
+        read.advance()
         if delivery.status in _SKIP or not delivery.events_derived:
             continue  # not yet dispatched: the dispatcher will run every handler on it
         stored = await app.storage.load_events(delivery.id)

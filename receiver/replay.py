@@ -33,7 +33,7 @@ from receiver.app import TaskhookApp
 from receiver.bodies import media_type
 from receiver.config import Settings
 from receiver.errors import PayloadError, ReplayError, VerificationError
-from receiver.progress import Board
+from receiver.progress import Board, drain_showing
 from receiver.records import new_id
 from receiver.source_runtime import UNVERIFIED, SourceRuntime
 
@@ -133,6 +133,20 @@ def _files(path: Path) -> list[Path]:
     return found
 
 
+def count_recordings(paths: Sequence[str]) -> int:
+    """About how many deliveries `paths` hold (a progress total): bare bodies, and lines of
+    recordings, blank ones too (counting newlines is much faster than reading lines)."""
+    count = 0
+    for file in (found for name in paths for found in _files(Path(name))):
+        if file.suffix == ".json":
+            count += 1
+            continue
+        with file.open("rb") as handle:
+            chunks = iter(functools.partial(handle.read, 1 << 20), b"")
+            count += sum(chunk.count(b"\n") for chunk in chunks)
+    return count
+
+
 def _has_lines(file: Path) -> bool:
     with file.open("rb") as handle:
         return any(raw.strip() for raw in handle)
@@ -173,6 +187,7 @@ async def replay_local(
     window: int = 512,
     drain: bool = True,
     total: int | None = None,
+    shown: Board | None = None,
 ) -> Summary:
     """Feed `records` through the intake, then let the dispatcher finish them.
 
@@ -180,15 +195,16 @@ async def replay_local(
     verified and parsed synchronously up to its store, so receipt order is file order. Where
     concurrent stores may commit out of order (PostgreSQL's pool), deliveries of different
     tasks are stored at once and one task's one after the other: a task's deliveries keep
-    their order.
+    their order. The phases ("stored", "applied") show on `shown` (a board of its own if
+    None), which keeps how far they got when the replay is interrupted.
     """
     ordered = app.storage.ordered_stores
     if not ordered:
         window = min(window, 64)  # the pool's connections, and a few waiting
     last_of_task: dict[tuple[str, str], asyncio.Future[tuple[int, bytes]]] = {}
     summary = Summary()
-    shown = Board()
-    stored = shown.phase("stored", total)
+    board = Board() if shown is None else shown
+    stored = board.phase("stored", total)
     pending: list[asyncio.Task[tuple[int, bytes]]] = []
 
     async def settle() -> None:
@@ -197,61 +213,55 @@ async def replay_local(
         stored.update(summary.total)
         pending.clear()
 
-    for record in records:
-        if isinstance(record, Unreadable):
-            summary.rejected[record.reason] += 1
-            continue
-        source = app.sources.get(record.source or "")
-        if source is None:
-            summary.rejected[f"unknown source {record.source!r}"] += 1
-        elif dry_run and record.operator is not None:
-            summary.accepted += 1
-        elif dry_run:
-            try:
-                if not record.bare:
-                    source.check(record.body, record.headers, app.clock(), recorded=True)
-                source.adapter.parse(record.body, record.headers.get("content-type", ""))
-                summary.accepted += 1
-            except (VerificationError, PayloadError) as exc:
-                summary.rejected[str(exc)] += 1
-        else:
-            store = app.intake.accept(
-                source, record.body, record.headers, received_at=record.received_at,
-                replayed=True, operator=record.operator,
-                verified=UNVERIFIED if record.bare else None,
-            )  # fmt: skip
-            if not ordered:
-                key = (source.name, _task_of(source, record))
-                store = _after(last_of_task.get(key), store)
-            future = asyncio.ensure_future(store)
-            if not ordered:
-                last_of_task[key] = future
-            pending.append(future)
-            if len(pending) >= window:
-                await settle()
-                last_of_task.clear()
     try:
+        for record in records:
+            if isinstance(record, Unreadable):
+                summary.rejected[record.reason] += 1
+                continue
+            source = app.sources.get(record.source or "")
+            if source is None:
+                summary.rejected[f"unknown source {record.source!r}"] += 1
+            elif dry_run and record.operator is not None:
+                summary.accepted += 1
+            elif dry_run:
+                try:
+                    if not record.bare:
+                        source.check(record.body, record.headers, app.clock(), recorded=True)
+                    source.adapter.parse(record.body, record.headers.get("content-type", ""))
+                    summary.accepted += 1
+                except (VerificationError, PayloadError) as exc:
+                    summary.rejected[str(exc)] += 1
+                stored.update(summary.total)
+            else:
+                store = app.intake.accept(
+                    source, record.body, record.headers, received_at=record.received_at,
+                    replayed=True, operator=record.operator,
+                    verified=UNVERIFIED if record.bare else None,
+                )  # fmt: skip
+                if not ordered:
+                    key = (source.name, _task_of(source, record))
+                    store = _after(last_of_task.get(key), store)
+                future = asyncio.ensure_future(store)
+                if not ordered:
+                    last_of_task[key] = future
+                pending.append(future)
+                if len(pending) >= window:
+                    await settle()
+                    last_of_task.clear()
         await settle()
-        shown.finish(stored)
+        stored.update(summary.total, total=summary.total)  # the count was of lines
+        board.finish(stored)
         if drain and not dry_run:
-            await _drain_showing(app, shown)
+            waiting = functools.partial(app.dispatcher.drain, within=3600, wait_for_retries=False)
+            await drain_showing(board, app.storage.backlog, waiting)
     finally:
-        shown.close()
+        # Interrupted: the stores in flight end here, before the caller closes storage.
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if shown is None:
+            board.close()
     return summary
-
-
-async def _drain_showing(app: TaskhookApp, shown: Board) -> None:
-    """The dispatcher's drain, with the deliveries applied so far as a second phase."""
-    waiting = await app.storage.backlog()
-    applied = shown.phase("applied", waiting)
-    work = asyncio.ensure_future(app.dispatcher.drain(within=3600, wait_for_retries=False))
-    while not work.done():
-        await asyncio.wait({work}, timeout=0.5)
-        left = await app.storage.backlog()
-        applied.update(max(0, waiting - left))
-    await work
-    applied.update(waiting)
-    shown.finish(applied)
 
 
 def _task_of(source: SourceRuntime, record: Recorded) -> str:
@@ -284,16 +294,19 @@ async def replay_remote(
     rate: float = 0.0,
     concurrency: int = 1,
     transport: Any = None,
+    total: int | None = None,
+    shown: Board | None = None,
 ) -> Summary:
     """POST each recorded body to `url`, re-signed with its source's first secret; at most
     `rate` deliveries a second when it is above zero, and up to `concurrency` requests in
     flight. Records of one `lane` (a simulated item) are sent one after the other, in order.
-    `transport`: an httpx transport instead of the network (an in-process app, in tests)."""
+    `transport`: an httpx transport instead of the network (an in-process app, in tests).
+    The "sent" phase (of `total`, when known) shows on `shown`, or on a board of its own."""
     import httpx
 
     summary = Summary()
-    shown = Board()
-    sent_phase = shown.phase("sent")
+    board = Board() if shown is None else shown
+    sent_phase = board.phase("sent", total)
     width = max(1, concurrency)
     in_flight: set[asyncio.Task[None]] = set()
     last_of_lane: dict[str, asyncio.Task[None]] = {}
@@ -339,8 +352,9 @@ async def replay_remote(
                 task.add_done_callback(functools.partial(_forget, last_of_lane, lane))
         if in_flight:
             await asyncio.gather(*in_flight)
-    shown.finish(sent_phase)
-    shown.close()
+    board.finish(sent_phase)
+    if shown is None:
+        board.close()
     return summary
 
 

@@ -19,13 +19,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from receiver.config import Settings, SourceSettings
 from receiver.records import new_id
 from receiver.signing import sign
+
+if TYPE_CHECKING:  # for annotations only: `taskhook --help` lists EVENTS without pydantic
+    from receiver.config import Settings, SourceSettings
 
 Delivery = tuple[bytes, dict[str, str]]
 

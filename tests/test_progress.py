@@ -47,3 +47,56 @@ def test_on_a_terminal_the_phases_render_live(monkeypatch: object) -> None:
         shown.finish(phase)
     text = out.getvalue()
     assert "stored" in text and "10/10" in text
+
+
+def test_the_board_keeps_how_far_each_phase_got() -> None:
+    with board(io.StringIO(), every=3600.0) as shown:
+        shown.phase("stored", 5).update(3)
+    assert shown.done("stored") == 3 and shown.done("applied") == 0
+
+
+async def test_a_drain_is_shown_as_what_is_no_longer_waiting() -> None:
+    import asyncio
+
+    from receiver.progress import drain_showing
+
+    left = [4]
+
+    async def backlog() -> int:
+        return left[0]
+
+    async def drain() -> None:
+        while left[0]:
+            await asyncio.sleep(0.2)
+            left[0] -= 1
+
+    out = io.StringIO()
+    with board(out, every=0.0) as shown:
+        applied = await drain_showing(shown, backlog, drain)
+    assert (applied.done, applied.total) == (4, 4)
+    assert out.getvalue().splitlines()[-1].startswith("applied: 4 of 4 (")
+
+
+async def test_an_interrupted_drain_ends_with_its_caller() -> None:
+    import asyncio
+
+    from receiver.progress import drain_showing
+
+    ended: list[str] = []
+
+    async def backlog() -> int:
+        return 10
+
+    async def drain() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    with board(io.StringIO(), every=3600.0) as shown:
+        showing = asyncio.ensure_future(drain_showing(shown, backlog, drain))
+        await asyncio.sleep(0.1)
+        showing.cancel()
+        await asyncio.gather(showing, return_exceptions=True)
+    assert ended == ["cancelled"] and shown.done("applied") == 0

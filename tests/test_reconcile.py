@@ -386,8 +386,10 @@ def test_reconcile_command_once(tmp_path: Path) -> None:
         finally:
             loop.send_signal(signal.SIGINT)
             code = loop.wait(timeout=15)
-        assert code == 0, (tmp_path / "loop.log").read_text()
-        assert "Traceback" not in (tmp_path / "loop.log").read_text()
+        logged = (tmp_path / "loop.log").read_text()
+        assert code == 130, logged  # Ctrl-C: stopped cleanly, saying what it did
+        assert logged.strip().splitlines()[-1].startswith("taskhook: interrupted: clarifai: ")
+        assert "Traceback" not in logged
 
 
 async def test_serve_polls_sources_with_reconcile_enabled(build_app: AppFactory) -> None:

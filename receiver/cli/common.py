@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +55,7 @@ def configure_logging_for(settings: Settings, level: str) -> None:
 
 def with_app(app: Any, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(app)` with storage open and plugins started, no dispatcher polling."""
+    import asyncio  # here, not at the top: `--help` never runs anything
 
     async def run() -> T:
         await app.open()

@@ -13,7 +13,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from receiver.cli.commands import help_of
+
 SHELLS = ("bash", "zsh", "fish")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    # Run by `main` itself: the script is made from the parser `main` built.
+    complete = sub.add_parser("completion", help=help_of("completion"), parents=[common])
+    complete.add_argument("shell", choices=SHELLS)
 
 
 def commands(parser: argparse.ArgumentParser) -> dict[str, list[str]]:

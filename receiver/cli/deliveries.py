@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from receiver.cli.commands import help_of
 from receiver.cli.errors import UsageError, int_between
+from receiver.cli.summary import Report, Value, emit_for, per_second, seconds
 from receiver.records import DeliveryRecord, DeliveryStatus
 from receiver.tables import table
 
@@ -27,8 +29,8 @@ LIST_COLUMNS = ("delivery_id", "status", "source", "task_id", "received_at", "at
                 "last_error")  # fmt: skip
 
 
-def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    deliveries = sub.add_parser("deliveries", help="the stored deliveries (the inbox)")
+def add_deliveries(sub: Any, common: argparse.ArgumentParser) -> None:
+    deliveries = sub.add_parser("deliveries", help=help_of("deliveries"))
     dsub = deliveries.add_subparsers(dest="deliveries_command", required=True)
     listing = dsub.add_parser("list", help="newest first", parents=[common])
     listing.add_argument("--status", choices=[s.value for s in DeliveryStatus])
@@ -42,8 +44,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     retry.add_argument("delivery_id", nargs="?")
     retry.add_argument("--all-dead", action="store_true")
 
-    export = sub.add_parser("export", help="stored deliveries as JSON Lines (replay format)",
-                            parents=[common])  # fmt: skip
+
+def add_export(sub: Any, common: argparse.ArgumentParser) -> None:
+    export = sub.add_parser("export", help=help_of("export"), parents=[common])
     export.add_argument("--since", help="ISO 8601: received at or after")
     export.add_argument("--until", help="ISO 8601: received before")
     export.add_argument("--status", choices=[s.value for s in DeliveryStatus])
@@ -139,6 +142,7 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     await storage.open()
     out = sys.stdout.buffer
     count = 0
+    began = time.monotonic()
     try:
         with board() as progress:  # on stderr: stdout is the export itself
             read = progress.phase("read", (await storage.list_deliveries(limit=1)).total)
@@ -158,6 +162,14 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         out.flush()
         await storage.close()
-    if not getattr(args, "quiet", False):
-        print(f"exported {count} delivery(ies)", file=sys.stderr)
+    emit_for(_export_report(read.done, count, time.monotonic() - began), args, sys.stderr)
     return 0
+
+
+def _export_report(read: int, exported: int, elapsed: float) -> Report:
+    rows: list[tuple[str, Value]] = [
+        ("read", read), ("exported", exported), ("without a body", read - exported),
+        ("elapsed", seconds(elapsed)), ("rate", per_second(read, elapsed)),
+    ]  # fmt: skip
+    data = {"read": read, "exported": exported, "seconds": round(elapsed, 3)}
+    return Report(f"exported {exported} delivery(ies)", rows, (), data)

@@ -9,23 +9,22 @@ background pruner. With ``--dry-run`` nothing is removed; the counts say what wo
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from receiver.config import Settings
-from receiver.logs import configure_logging
+from receiver.cli.commands import help_of
+
+if TYPE_CHECKING:  # settings and logging (pydantic, structlog) load when the command runs
+    from receiver.config import Settings
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    prune = subparsers.add_parser(
-        "prune",
-        help="apply [retention] now: old duplicate receipts, bodies of old finished deliveries",
-        parents=[common],
-    )
+    prune = subparsers.add_parser("prune", help=help_of("prune"), parents=[common])
     prune.add_argument("--dry-run", action="store_true", help="count what would go; remove nothing")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from receiver.app import create_app
+    from receiver.logs import configure_logging
 
     configure_logging(format=settings.log.format, level="warning", secrets=settings.secret_values())
     quiet = settings.dispatch.model_copy(update={"enabled": False})

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
+from typing import Any
 
+from receiver.cli.commands import help_of
 from receiver.cli.common import configure_logging_for, settings_for
-from receiver.cli.errors import fail
+from receiver.cli.errors import fail, port
+
+
+def add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
+    serve = sub.add_parser("serve", help=help_of("serve"), parents=[common])
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=port, default=8000, help="0 to 65535 (default 8000)")
+    serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="with no config and no TASKHOOK_REFONTE_SECRET, accept unauthenticated deliveries",
+    )
+    serve.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* headers")
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.add_argument("--graceful-timeout", type=float, default=10.0)
+    serve.set_defaults(func=cmd_serve)
+
+
+def add_migrate(sub: Any, common: argparse.ArgumentParser) -> None:
+    migrate = sub.add_parser("migrate", help=help_of("migrate"), parents=[common])
+    migrate.set_defaults(func=cmd_migrate)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -48,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
     from receiver.app import create_app
 
     settings = settings_for(args)

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
+from typing import Any
 
-from receiver.cli.common import settings_for
-from receiver.cli.errors import fail
+from receiver.cli.commands import help_of
+from receiver.cli.common import positive, settings_for
+from receiver.cli.errors import INTERRUPTED, fail
+
+
+def add_sign(sub: Any, common: argparse.ArgumentParser) -> None:
+    sign = sub.add_parser("sign", help=help_of("sign"), parents=[common])
+    sign.add_argument("--source", required=True)
+    sign.add_argument("file")
+    sign.set_defaults(func=cmd_sign)
+
+
+def add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
+    simulate = sub.add_parser("simulate", help=help_of("simulate"), parents=[common])
+    simulate.add_argument("--to", metavar="URL", required=True)
+    simulate.add_argument("--source", default="refonte", help="target source (signs for it)")
+    simulate.add_argument("--tasks", type=int, default=100, help="labelled items to simulate")
+    simulate.add_argument("--rate", type=float, default=0.0, help="deliveries/s (0: no limit)")
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument(
+        "--concurrency",
+        type=positive,
+        default=1,
+        help="requests in flight at once (one item's deliveries stay in order)",
+    )
+    simulate.set_defaults(func=cmd_simulate)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -34,13 +58,26 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.progress import board
     from receiver.replay import replay_remote
     from receiver.simulate import traffic
 
     settings = settings_for(args)
+    # No total: how many duplicates and late retries the seed makes is known only by making
+    # them all, which costs as long as the sending does without a --rate.
     records = traffic(args.tasks, args.seed, args.source)
-    summary = asyncio.run(
-        replay_remote(settings, records, url=args.to, rate=args.rate, concurrency=args.concurrency)
-    )
-    print(summary.render())
+    with board() as shown:
+        try:
+            summary = asyncio.run(replay_remote(
+                settings, records, url=args.to, rate=args.rate, concurrency=args.concurrency,
+                shown=shown,
+            ))  # fmt: skip
+        except KeyboardInterrupt:
+            shown.close()  # the live display stops before the line is written
+            sent = shown.done("sent")
+            return fail(f"interrupted: {sent:,} deliveries sent", INTERRUPTED)
+    if not getattr(args, "quiet", False):
+        print(summary.render())
     return 1 if summary.rejected else 0

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
-from receiver.config import SecretNeeds, load_settings
+from receiver.cli.commands import help_of
 from receiver.trigger import EVENTS, TriggerError, send
 
 
 def configure(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """``taskhook trigger``'s parser (``common``: the shared ``--config``)."""
-    trigger = subparsers.add_parser(
-        "trigger", parents=[common],
-        help="send one realistic, signed delivery of an event to a receiver",
-    )  # fmt: skip
+    trigger = subparsers.add_parser("trigger", parents=[common], help=help_of("trigger"))
     trigger.add_argument("event", metavar="EVENT", help=f"one of: {', '.join(EVENTS)}")
     trigger.add_argument("--to", metavar="URL", required=True, help="the receiver's base URL")
     trigger.add_argument("--source", help="the source to send as (default: one that sends it)")
@@ -24,6 +20,8 @@ def configure(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    import asyncio
+
     return asyncio.run(run(args))
 
 
@@ -31,6 +29,8 @@ async def run(args: argparse.Namespace) -> int:
     """Send the delivery; print each answer. 0 when every one was accepted, 1 when the
     receiver refused one, 2 when it could not be built."""
     import httpx
+
+    from receiver.config import SecretNeeds, load_settings
 
     # The sources' secrets (to sign), not the pollers' or the API's.
     needs = SecretNeeds(sources=None, pollers=frozenset(), api_keys=False)

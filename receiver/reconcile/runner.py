@@ -64,6 +64,10 @@ class Summary:
         return line
 
 
+# Called after each page a pass has stored, with that pass's running `Summary`.
+OnPage = Callable[[Summary], None]
+
+
 def body_of(snapshot: object) -> bytes:
     # Sorted keys: the same vendor state always makes the same bytes, hence the same key.
     try:
@@ -90,7 +94,9 @@ class Reconciler:
         self._storage = storage
         self._clock = clock
 
-    async def once(self) -> Summary:
+    async def once(self, on_page: OnPage | None = None) -> Summary:
+        """One pass. `on_page`, when given, is called with the pass's running summary after
+        each page is stored (a command's progress; the summary is this pass's, not a copy)."""
         name = self.source.name
         summary = Summary(name)
         cursor = await self._storage.load_cursor(name)
@@ -123,20 +129,22 @@ class Reconciler:
             if page.cursor is not None:
                 await self._storage.save_cursor(name, page.cursor, now=self._clock())
                 summary.cursor = page.cursor
+            if on_page is not None:
+                on_page(summary)
         log.info(
             "reconciled", source=name, fetched=summary.fetched, fed=summary.fed,
             unchanged=summary.unchanged,
         )  # fmt: skip
         return summary
 
-    async def forever(self, interval: float) -> None:
+    async def forever(self, interval: float, on_page: OnPage | None = None) -> None:
         """Pass after pass, `interval` seconds apart; a failed pass is logged and retried
-        at the next interval (its cursor did not move)."""
+        at the next interval (its cursor did not move). `on_page`: as in `once`."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(source=self.source.name)
         while True:
             try:
-                summary = await self.once()
+                summary = await self.once(on_page)
                 if summary.quarantined:
                     # Stored, yet not applied: the operator has to look (no exit status here).
                     log.warning(
