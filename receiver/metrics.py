@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Totals"]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What the counters say now, summed over the labels a chart does not show (the
+    monitor keeps the differences between two of these as per-minute series)."""
+
+    deliveries: Mapping[str, float] = field(default_factory=dict)  # outcome -> count
+    verification_failures: Mapping[str, float] = field(default_factory=dict)  # source -> count
+    handler_runs: Mapping[str, float] = field(default_factory=dict)  # ok / failed -> count
+    dispatched: Mapping[str, float] = field(default_factory=dict)  # resulting status -> count
+    # Ack latency: observations per bucket (upper bound as Prometheus spells it, "+Inf"
+    # last), not cumulative, so two snapshots subtract bucket by bucket.
+    ack_buckets: Mapping[str, float] = field(default_factory=dict)
+
+
+def _by_label(collector: MetricWrapperBase, label: str) -> dict[str, float]:
+    """A counter's ``_total`` samples summed per value of one label."""
+    out: dict[str, float] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = sample.labels[label]
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _buckets(histogram: Histogram) -> dict[str, float]:
+    cumulative = [
+        (sample.labels["le"], sample.value)
+        for family in histogram.collect()
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    ]
+    out: dict[str, float] = {}
+    below = 0.0
+    for bound, count in cumulative:  # Prometheus yields buckets in ascending order
+        out[bound] = count - below
+        below = count
+    return out
 
 
 class Metrics:
@@ -72,6 +116,16 @@ class Metrics:
         """Called from the writer thread; prometheus-client's metrics are thread-safe."""
         self.commit_seconds.observe(seconds)
         self.commit_batch.observe(rows)
+
+    def totals(self) -> Totals:
+        """A snapshot of the counters the monitor charts (cheap: a few dozen samples)."""
+        return Totals(
+            deliveries=_by_label(self.deliveries, "outcome"),
+            verification_failures=_by_label(self.verification_failures, "source"),
+            handler_runs=_by_label(self.handler_runs, "outcome"),
+            dispatched=_by_label(self.dispatched, "status"),
+            ack_buckets=_buckets(self.ack_seconds),
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,9 +42,10 @@ def test_taskhook_migrate_creates_every_table(tmp_path: Path, pg_url: str) -> No
     assert "schema up to date" in done.stdout and "@" not in done.stdout
     tables = {r[0] for r in fetch(pg_url, "SELECT tablename FROM pg_tables")}
     assert {"deliveries", "events", "handler_runs", "reconcile_cursors", "ledger_tasks",
-            "ledger_history", "ledger_counts", "taskhook_components"} <= tables  # fmt: skip
+            "ledger_history", "ledger_counts", "taskhook_components",
+            "taskhook_series"} <= tables  # fmt: skip
     versions = dict(fetch(pg_url, "SELECT component, version FROM taskhook_components"))
-    assert versions == {"core": 1, "ledger": 3}
+    assert versions == {"core": 1, "ledger": 3, "series": 1}
 
 
 @pytest.mark.parametrize(
