@@ -129,11 +129,11 @@ class Monitor:
         self,
         app: MonitoredApp,
         *,
-        sample_seconds: float = 10.0,
+        sample_seconds: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._app = app
-        self.sample_seconds = sample_seconds
+        self.sample_seconds = sample_seconds or app.settings.ui.sample_seconds
         self.clock = clock or app.clock
         self.replica = series.replica_id()
         #: What readers of the series (the overview) keep about settled minutes.

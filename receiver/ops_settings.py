@@ -22,8 +22,10 @@ class UiSettings(StrictModel):
     enabled: bool = True
     # How long a sign-in lasts; the cookie is signed with this installation's own key.
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
-    # How often the overview's live counters refresh in the browser.
+    # How often the overview's live counters refresh in the browser,
     refresh_seconds: float = Field(default=5.0, ge=1, le=3600)
+    # and how often each process adds its counters to the series behind them and the charts.
+    sample_seconds: float = Field(default=10.0, ge=1, le=60)
     # Mark the session cookie `Secure`: "auto" when the request came over https (behind a
     # proxy, with `serve --proxy-headers`), or always / never.
     secure_cookie: Literal["auto", "always", "never"] = "auto"
@@ -34,6 +36,9 @@ class AlertsSettings(StrictModel):
 
     # Where alerts are POSTed; no URL, no alerts.
     url: str | None = None
+    # The receiver's public address (https://taskhook.example.com): links to the dashboard
+    # in alerts are made absolute with it; without it they are paths.
+    public_url: str | None = None
     # "slack": ``{"text": ...}`` (Slack, Mattermost, Discord's /slack endpoint);
     # "json": the signal as a JSON object.
     format: Literal["slack", "json"] = "slack"
@@ -57,8 +62,10 @@ class AlertsSettings(StrictModel):
 
     @model_validator(mode="after")
     def _url_scheme(self) -> AlertsSettings:
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError("alerts.url must be an http:// or https:// URL")
+        for name in ("url", "public_url"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ValueError(f"alerts.{name} must be an http:// or https:// URL")
         return self
 
 

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,postgres]'
+# The dashboard's browser tests drive the machine's own Chromium (Debian's package; CI runs
+# as root): installed here when missing, never downloaded by Playwright.
+command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
