@@ -477,7 +477,7 @@ def test_entry_points_load_before_config_specs(make_module: PluginFactory, tmp_p
     # The built-in ledger keeps state in the app's database, so it needs a storage backend.
     registry = HandlerRegistry(storage=SQLiteStorage(f"sqlite:///{tmp_path / 'x.db'}"))
     loaded = load_plugins(registry, specs=[module], use_entry_points=True)
-    assert loaded[:2] == ["entry-point:ledger", "entry-point:log"]
+    assert loaded[:3] == ["entry-point:alerts", "entry-point:ledger", "entry-point:log"]
     assert loaded[-1] == module
     assert names(registry)[0] == "builtin.log"
     assert names(registry)[-1] == "from-register"
@@ -695,15 +695,23 @@ async def test_user_installs_example_and_it_posts_to_slack(
         )
     )
     assert app.plugins == [
+        "entry-point:alerts",
         "entry-point:ledger",
         "entry-point:log",
         "entry-point:slack_notify",
         "entry-point:throughput",
+        "entry-point:watchdog",
     ]
-    assert names(app.registry) == ["builtin.log", PLUGIN_HANDLER, "builtin.throughput"]
+    assert names(app.registry) == [
+        "builtin.log",
+        PLUGIN_HANDLER,
+        "builtin.throughput",
+        "builtin.watchdog",
+    ]
     assert [h.name for h in app.registry.handlers_for("task.completed")] == [
         PLUGIN_HANDLER,
         "builtin.log",
+        "builtin.watchdog",
     ]
     assert app.registry.handlers_for("task.errored")[0].name == PLUGIN_HANDLER
     assert PLUGIN_HANDLER not in [h.name for h in app.registry.handlers_for("task.audited")]

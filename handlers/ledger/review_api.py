@@ -10,12 +10,24 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from receiver.auth import Denied, KeyRing
 
 Act = Callable[[str, str, str | None, str], Awaitable[tuple[int, dict[str, Any]]]]
 ACTIONS = ("complete", "discard", "unlock", "report")
+
+
+class _Actions(Route):
+    """`/v1/tasks/{action}` for the review actions only: other ``/v1/tasks/...`` paths (the
+    watchdog's ``/v1/tasks/expected``) belong to the routes of other plugins."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child["path_params"].get("action") not in ACTIONS:
+            return Match.NONE, {}
+        return match, child
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -81,5 +93,5 @@ def build_review_routes(act: Act, keys: KeyRing | None) -> list[Route]:
 
     return [
         Route("/v1/task/{task_id}/{action}", single, methods=["POST"]),
-        Route("/v1/tasks/{action}", batch, methods=["POST"]),
+        _Actions("/v1/tasks/{action}", batch, methods=["POST"]),
     ]

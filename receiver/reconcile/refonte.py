@@ -1,4 +1,5 @@
-"""Refonte tasks whose callbacks stopped: ``GET /v1/tasks?updated_after=&next_token=``.
+"""Refonte tasks whose callbacks stopped: ``GET /v1/tasks?updated_after=&next_token=``, and
+one task asked for by id (``GET /v1/task/{task_id}``, the watchdog's targeted reconcile).
 
 The API's task objects are what its callbacks carry, so each becomes a callback body as is.
 The cursor is when the last complete pass began, less `overlap_seconds`: tasks updated
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from receiver.config import ReconcileSettings
 from receiver.errors import VendorError
@@ -29,6 +31,19 @@ class RefontePoller:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def fetch(self, task_id: str) -> dict[str, Any] | None:
+        """The task as the API has it now; None when the API does not know it (404)."""
+        path = f"/v1/task/{quote(task_id, safe='')}"
+        try:
+            doc = await self.client.json("GET", path)
+        except VendorError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if not isinstance(doc, dict) or not doc.get("task_id"):
+            raise VendorError(self.source, f"GET {path} answered without a task object")
+        return doc
 
     async def poll(self, cursor: str | None, started: float) -> AsyncIterator[Page]:
         params: dict[str, Any] = {"limit": self.settings.page_size}
