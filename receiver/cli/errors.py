@@ -50,6 +50,17 @@ def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
 port = int_between(0, 65535)
 
 
+def interrupted_leftovers() -> None:
+    """Collect what Ctrl-C left unfinished, quietly: connection attempts cancelled before they
+    started would otherwise each print "coroutine ... was never awaited" after our one line."""
+    import gc
+    import warnings
+
+    # For the rest of the process too: what is still referenced goes at interpreter exit.
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    gc.collect()
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"taskhook: {message}", file=sys.stderr)
     return code

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from receiver.cli.commands import help_of
 from receiver.cli.common import configure_logging_for, settings_for, with_app
-from receiver.cli.errors import INTERRUPTED, fail
+from receiver.cli.errors import INTERRUPTED, fail, interrupted_leftovers
 from receiver.cli.summary import Report, emit_for, per_second, seconds
 
 if TYPE_CHECKING:
@@ -63,7 +63,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     a, records, dry_run=args.dry_run, total=total, shown=shown))  # fmt: skip
         except KeyboardInterrupt:
             shown.close()  # the live display stops before the line is written
-            return fail(f"interrupted: {_so_far(shown, total, args)}", INTERRUPTED)
+            summary = None
+    if summary is None:
+        interrupted_leftovers()
+        return fail(f"interrupted: {_so_far(shown, total, args)}", INTERRUPTED)
     elapsed = time.monotonic() - began
     emit_for(_replay_report(summary, args, shown, elapsed), args)
     if getattr(args, "quiet", False) and summary.rejected:

@@ -8,7 +8,7 @@ from typing import Any
 
 from receiver.cli.commands import help_of
 from receiver.cli.common import positive, settings_for
-from receiver.cli.errors import INTERRUPTED, fail
+from receiver.cli.errors import INTERRUPTED, fail, interrupted_leftovers
 
 
 def add_sign(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -76,8 +76,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             ))  # fmt: skip
         except KeyboardInterrupt:
             shown.close()  # the live display stops before the line is written
-            sent = shown.done("sent")
-            return fail(f"interrupted: {sent:,} deliveries sent", INTERRUPTED)
+            summary = None
+    if summary is None:
+        interrupted_leftovers()
+        return fail(f"interrupted: {shown.done('sent'):,} deliveries sent", INTERRUPTED)
     if not getattr(args, "quiet", False):
         print(summary.render())
     return 1 if summary.rejected else 0
