@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.expression import ClauseElement
+    from sqlalchemy.types import TypeEngine
 
     from receiver.events import Event
     from receiver.records import DeliveryRecord, NewDelivery
@@ -41,6 +42,14 @@ Dialect = Literal["sqlite", "postgresql"]
 Params = Mapping[str, Any]
 Row = Sequence[Any]
 """A result row: a tuple (SQLite) or an asyncpg Record; index it by position."""
+
+
+def real() -> TypeEngine[float]:
+    """The column type for floats (epoch seconds): ``REAL`` on SQLite, ``DOUBLE PRECISION``
+    on PostgreSQL, whose ``REAL`` keeps 24 bits and would round times to minutes."""
+    import sqlalchemy as sa
+
+    return sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 import sqlalchemy as sa
 
-from receiver.plugin_store import Migration, PluginStorage, Tx
+from receiver.plugin_store import Migration, PluginStorage, Tx, real
 
 T = TypeVar("T")
 COMPONENT = "series"
@@ -63,7 +63,7 @@ SERIES = sa.Table(
     sa.Column("minute", sa.Integer, primary_key=True, autoincrement=False),  # epoch // 60
     sa.Column("replica", sa.Text, primary_key=True),
     sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("value", sa.Double().with_variant(sa.REAL(), "sqlite"), nullable=False),
+    sa.Column("value", real(), nullable=False),
     sa.Column("buckets", sa.Text),
 )
 

@@ -43,9 +43,9 @@ def test_taskhook_migrate_creates_every_table(tmp_path: Path, pg_url: str) -> No
     tables = {r[0] for r in fetch(pg_url, "SELECT tablename FROM pg_tables")}
     assert {"deliveries", "events", "handler_runs", "reconcile_cursors", "ledger_tasks",
             "ledger_history", "ledger_counts", "taskhook_components",
-            "taskhook_series"} <= tables  # fmt: skip
+            "taskhook_series", "ui_revoked_sessions"} <= tables  # fmt: skip
     versions = dict(fetch(pg_url, "SELECT component, version FROM taskhook_components"))
-    assert versions == {"core": 1, "ledger": 3, "series": 1}
+    assert versions == {"core": 1, "ledger": 3, "series": 1, "ui": 1}
 
 
 @pytest.mark.parametrize(

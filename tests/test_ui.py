@@ -223,6 +223,29 @@ async def test_sign_out_ends_the_session(ui: httpx.AsyncClient) -> None:
     assert (await ui.get("/ui/")).status_code == 303
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_sign_out_holds_on_every_replica_and_after_a_restart(
+    build_app: AppFactory,
+) -> None:
+    one, two = build_app(), build_app()  # two replicas of one database
+    async with (
+        one.started(),
+        two.started(),
+        client_for(one) as first,
+        client_for(two) as second,
+    ):
+        token = await signed_in_token(first)
+        cookie = first.cookies["taskhook_session"]
+        second.cookies.set("taskhook_session", cookie, path="/ui")
+        assert (await second.get("/ui/")).status_code == 200  # each accepts the other's
+        assert (await first.post("/ui/sign-out", data={"csrf": token})).status_code == 303
+        assert (await second.get("/ui/")).status_code == 303  # a copied cookie: refused
+    restarted = build_app()
+    async with restarted.started(), client_for(restarted) as client:
+        client.cookies.set("taskhook_session", cookie, path="/ui")
+        assert (await client.get("/ui/")).status_code == 303
+
+
 async def test_a_key_without_the_scope_gets_403_and_no_buttons(
     ui: httpx.AsyncClient, ui_app: TaskhookApp
 ) -> None:

@@ -161,7 +161,7 @@ def test_a_previous_release_database_upgrades_and_keeps_its_data(
 
     asyncio.run(serve())
     versions = dict(fetch(url, "SELECT component, version FROM taskhook_components"))
-    assert versions == {"core": 1, "ledger": 3, "series": 1}
+    assert versions == {"core": 1, "ledger": 3, "series": 1, "ui": 1}
     # Version 3's column, filled from each task's own snapshot.
     assert fetch(url, "SELECT completed_at FROM ledger_tasks") == [("2024-01-02T05:00:00.000000Z",)]
     assert "ledger_meta" not in tables(url) and "ledger_counts" in tables(url)

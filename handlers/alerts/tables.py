@@ -18,13 +18,9 @@ import time
 
 import sqlalchemy as sa
 
-from receiver.plugin_store import Migration, Tx
+from receiver.plugin_store import Migration, Tx, real
 
 META = sa.MetaData()
-
-
-def _real() -> sa.types.TypeEngine[float]:
-    return sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 OUTBOX = sa.Table(
@@ -36,11 +32,11 @@ OUTBOX = sa.Table(
     sa.Column("summary", sa.Text, nullable=False),
     sa.Column("details", sa.Text, nullable=False),  # JSON
     sa.Column("link", sa.Text),
-    sa.Column("raised_at", _real(), nullable=False),
-    sa.Column("queued_at", _real(), nullable=False),
-    sa.Column("sent_at", _real()),
+    sa.Column("raised_at", real(), nullable=False),
+    sa.Column("queued_at", real(), nullable=False),
+    sa.Column("sent_at", real()),
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
-    sa.Column("next_attempt_at", _real(), nullable=False),
+    sa.Column("next_attempt_at", real(), nullable=False),
     sa.Column("last_error", sa.Text),
 )
 _UNSENT = sa.text("sent_at IS NULL")
@@ -58,7 +54,7 @@ DEDUPE = sa.Table(
     META,
     sa.Column("kind", sa.Text, primary_key=True),
     sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("last_at", _real(), nullable=False),
+    sa.Column("last_at", real(), nullable=False),
 )
 
 SUPPRESSED = sa.Table(
@@ -66,7 +62,7 @@ SUPPRESSED = sa.Table(
     META,
     sa.Column("kind", sa.Text, primary_key=True),
     sa.Column("n", sa.Integer, nullable=False),
-    sa.Column("since", _real(), nullable=False),
+    sa.Column("since", real(), nullable=False),
 )
 
 

@@ -14,13 +14,9 @@ from datetime import UTC, datetime
 import orjson
 import sqlalchemy as sa
 
-from receiver.plugin_store import Migration, Tx
+from receiver.plugin_store import Migration, Tx, real
 
 META = sa.MetaData()
-
-
-def _real() -> sa.types.TypeEngine[float]:
-    return sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 TASKS = sa.Table(
@@ -42,7 +38,7 @@ TASKS = sa.Table(
     sa.Column("version", sa.Text, nullable=False),
     sa.Column("audits", sa.Text, nullable=False),
     sa.Column("last_delivery_id", sa.Text),
-    sa.Column("ledger_updated_at", _real(), nullable=False),
+    sa.Column("ledger_updated_at", real(), nullable=False),
     # Version 3 (a database of an earlier version has it added by `_v3`).
     sa.Column("completed_at", sa.Text),
 )
@@ -78,7 +74,7 @@ UNIQUE_IDS = sa.Table(
     META,
     sa.Column("unique_id", sa.Text, primary_key=True),
     sa.Column("task_id", sa.Text, nullable=False),
-    sa.Column("bound_at", _real(), nullable=False),
+    sa.Column("bound_at", real(), nullable=False),
 )
 HISTORY = sa.Table(
     "ledger_history",
@@ -90,7 +86,7 @@ HISTORY = sa.Table(
     sa.Column("name", sa.Text),
     sa.Column("event_id", sa.Text),
     sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("at", _real(), nullable=False),
+    sa.Column("at", real(), nullable=False),
     sqlite_autoincrement=True,
 )
 sa.Index("ledger_history_task", HISTORY.c.task_id, HISTORY.c.seq)

@@ -20,14 +20,8 @@ from starlette.routing import Route
 from receiver.auth import Denied, KeyRing
 from receiver.errors import RegistryError
 from receiver.events import Event
-from receiver.plugin_store import Migration, PluginStorage, Tx
+from receiver.plugin_store import Migration, PluginStorage, Tx, real
 from receiver.registry import HandlerRegistry
-
-
-def _real() -> sa.types.TypeEngine[float]:
-    """``REAL`` on SQLite (as the first release declared it), ``DOUBLE PRECISION`` elsewhere."""
-    return sa.Double().with_variant(sa.REAL(), "sqlite")
-
 
 RECORDS = sa.Table(
     "throughput_records",
@@ -41,9 +35,9 @@ RECORDS = sa.Table(
     sa.Column("task_definition_id", sa.Text, nullable=False),
     sa.Column("task_id", sa.Text),
     sa.Column("unique_id", sa.Text),
-    sa.Column("task_count", _real(), nullable=False),
-    sa.Column("subtask_count", _real()),
-    sa.Column("duration", _real(), nullable=False),
+    sa.Column("task_count", real(), nullable=False),
+    sa.Column("subtask_count", real()),
+    sa.Column("duration", real(), nullable=False),
     sa.Column("task_completed_at", sa.Text, nullable=False),
     sa.Column("day", sa.Text, nullable=False),
     sa.Column("delivery_id", sa.Text, nullable=False),

@@ -21,15 +21,11 @@ import time
 
 import sqlalchemy as sa
 
-from receiver.plugin_store import Migration, Tx
+from receiver.plugin_store import Migration, Tx, real
 
 META = sa.MetaData()
 OPEN_STATES = ("waiting", "overdue")
 STATES = (*OPEN_STATES, "arrived", "cancelled")
-
-
-def _real() -> sa.types.TypeEngine[float]:
-    return sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 EXPECTED = sa.Table(
@@ -40,14 +36,14 @@ EXPECTED = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("task_id", sa.Text),
     sa.Column("unique_id", sa.Text),
-    sa.Column("deadline", _real(), nullable=False),
-    sa.Column("registered_at", _real(), nullable=False),
+    sa.Column("deadline", real(), nullable=False),
+    sa.Column("registered_at", real(), nullable=False),
     sa.Column("registered_by", sa.Text, nullable=False),
     sa.Column("state", sa.Text, nullable=False),
-    sa.Column("overdue_at", _real()),
+    sa.Column("overdue_at", real()),
     sa.Column("reconcile", sa.Text),
-    sa.Column("reconciled_at", _real()),
-    sa.Column("arrived_at", _real()),
+    sa.Column("reconciled_at", real()),
+    sa.Column("arrived_at", real()),
     sa.Column("arrived_delivery_id", sa.Text),
     sa.Column("note", sa.Text),
 )

@@ -32,17 +32,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from receiver.plugin_store import real
+
 __all__ = ["DIALECTS", "CoreTables", "core_metadata", "core_tables", "ddl"]
 
 DIALECTS: Final = ("sqlite", "postgresql")
 
 # Wait-to-be-dispatched deliveries, as the partial indexes name them.
 _PENDING: Final = "status IN ('received', 'failed')"
-
-
-def _real() -> sa.types.TypeEngine[float]:
-    """``REAL`` on SQLite (as the migrations declare it), ``DOUBLE PRECISION`` elsewhere."""
-    return sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 def _zero() -> sa.TextClause:
@@ -68,7 +65,7 @@ def _deliveries(meta: sa.MetaData) -> sa.Table:
         sa.Column("id", sa.Text, nullable=False, unique=True),
         sa.Column("source", sa.Text, nullable=False),
         sa.Column("kind", sa.Text, nullable=False),
-        sa.Column("received_at", _real(), nullable=False),
+        sa.Column("received_at", real(), nullable=False),
         sa.Column("headers", sa.Text, nullable=False),
         sa.Column("body", sa.LargeBinary),
         sa.Column("content_type", sa.Text, nullable=False, server_default=sa.text("''")),
@@ -81,21 +78,21 @@ def _deliveries(meta: sa.MetaData) -> sa.Table:
         sa.Column("duplicate_of", sa.Text),
         sa.Column("replayed", sa.Integer, nullable=False, server_default=_zero()),
         sa.Column("attempts", sa.Integer, nullable=False, server_default=_zero()),
-        sa.Column("next_attempt_at", _real(), nullable=False, server_default=_zero()),
+        sa.Column("next_attempt_at", real(), nullable=False, server_default=_zero()),
         sa.Column("lease_owner", sa.Text),
-        sa.Column("lease_expires_at", _real()),
+        sa.Column("lease_expires_at", real()),
         sa.Column("last_error", sa.Text),
         sa.Column("last_traceback", sa.Text),
         sa.Column("events_derived", sa.Integer, nullable=False, server_default=_zero()),
-        sa.Column("processed_at", _real()),
-        sa.Column("updated_at", _real()),
+        sa.Column("processed_at", real()),
+        sa.Column("updated_at", real()),
         # migration 2
         sa.Column("reconciled", sa.Integer, nullable=False, server_default=_zero()),
         # migration 3
         sa.Column("operator", sa.Text),
         # migration 4
         sa.Column("duplicate_count", sa.Integer, nullable=False, server_default=_zero()),
-        sa.Column("last_duplicate_at", _real()),
+        sa.Column("last_duplicate_at", real()),
         sa.Column("duplicate_rows", sa.Integer, nullable=False, server_default=_zero()),
         sqlite_autoincrement=True,
     )
@@ -145,14 +142,14 @@ def _build(meta: sa.MetaData) -> None:
         sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("1")),
         sa.Column("last_error", sa.Text),
         sa.Column("traceback", sa.Text),
-        sa.Column("updated_at", _real(), nullable=False),
+        sa.Column("updated_at", real(), nullable=False),
     )
     sa.Table(
         "reconcile_cursors",
         meta,
         sa.Column("source", sa.Text, primary_key=True, nullable=True),
         sa.Column("cursor", sa.Text, nullable=False),
-        sa.Column("updated_at", _real(), nullable=False),
+        sa.Column("updated_at", real(), nullable=False),
     )
     heads = sa.Table(
         "dispatch_heads",
@@ -160,9 +157,9 @@ def _build(meta: sa.MetaData) -> None:
         sa.Column("source", sa.Text, primary_key=True, nullable=False),
         sa.Column("lane", sa.Text, primary_key=True, nullable=False),
         sa.Column("seq", sa.BigInteger, nullable=False),
-        sa.Column("next_attempt_at", _real(), nullable=False),
+        sa.Column("next_attempt_at", real(), nullable=False),
         sa.Column("lease_owner", sa.Text),
-        sa.Column("lease_expires_at", _real()),
+        sa.Column("lease_expires_at", real()),
     )
     sa.Index("dispatch_heads_seq", heads.c.seq, unique=True)
     sa.Index("dispatch_heads_due", heads.c.next_attempt_at, heads.c.seq)
@@ -173,14 +170,14 @@ def _build(meta: sa.MetaData) -> None:
         sa.Column("owner", sa.Text, primary_key=True, nullable=True),
         sa.Column("host", sa.Text, nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
-        sa.Column("started_at", _real(), nullable=False),
-        sa.Column("heartbeat_at", _real(), nullable=False),
+        sa.Column("started_at", real(), nullable=False),
+        sa.Column("heartbeat_at", real(), nullable=False),
     )
     sa.Table(
         "taskhook_probe",  # one row, written by /readyz
         meta,
         sa.Column("id", sa.Integer, primary_key=True, nullable=True, autoincrement=False),
-        sa.Column("probed_at", _real(), nullable=False),
+        sa.Column("probed_at", real(), nullable=False),
         sa.Column("room", sa.LargeBinary),
     )
     sa.Table(

@@ -152,7 +152,7 @@ def sign_in_routes(state: UiState) -> list[BaseRoute]:
         """Dashboard: sign out"""
         session = await state.session(request)
         if session is not None:
-            state.revoke(session)
+            await state.revoke(session)
         answer = RedirectResponse(SIGN_IN, status_code=303)
         answer.delete_cookie(
             COOKIE,

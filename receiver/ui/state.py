@@ -1,4 +1,4 @@
-"""What the dashboard keeps per app: its signer, templates, sign-in limiter, revoked sessions.
+"""What the dashboard keeps per app: its signer, templates, sign-in limiter, signed-out sessions.
 
 Built by `receiver.ui.ui_routes` for one `TaskhookApp` and bound to every dashboard route
 (the plugins' too), so nothing is module-global and two apps in one process never share
@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse
 from receiver.redaction import Redactor
 from receiver.ui.headers import secure
 from receiver.ui.ratelimit import FailureLimiter
+from receiver.ui.revoked import Revocations
 from receiver.ui.session import COOKIE, Session, Signer, derive
 from receiver.ui.templates import environment
 
@@ -52,9 +53,9 @@ class UiState:
         self._signer: Signer | None = None
         self._signer_lock = asyncio.Lock()
         self._envs: dict[Path | None, jinja2.Environment] = {}
-        # Sessions signed out here, until they would have expired (this process only: the
-        # cookie is deleted in the browser too).
-        self._revoked: dict[str, float] = {}
+        # Sessions signed out before they expired: in the database, so a copied cookie is
+        # refused by every replica and after a restart too.
+        self._revoked = Revocations(app.storage, app.clock)
         #: Is there a task page (the ledger's) to link task ids to?
         self.task_pages = False
 
@@ -83,14 +84,12 @@ class UiState:
     async def session(self, request: Request) -> Session | None:
         signer = await self.signer()
         session = signer.read(request.cookies.get(COOKIE), now=self.app.clock())
-        if session is None or session.sid in self._revoked:
+        if session is None or await self._revoked.revoked(session.sid):
             return None
         return session
 
-    def revoke(self, session: Session) -> None:
-        now = self.app.clock()
-        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
-        self._revoked[session.sid] = session.expires
+    async def revoke(self, session: Session) -> None:
+        await self._revoked.revoke(session.sid, session.expires)
 
     def nav(self, scopes: frozenset[str]) -> list[NavItem]:
         items = [item for item in BUILT_IN_NAV if item.scope is None or item.scope in scopes]
