@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from receiver.registry import Command
 
 
+DESCRIPTION = (
+    "Receive annotation vendors' task callbacks: verified, stored before the answer, "
+    "deduplicated, and given to handlers (the task ledger, alerts, the watchdog, yours)."
+)
 CONFIG_HELP = "TOML file (else $TASKHOOK_CONFIG, ./taskhook.toml, the built-in default)"
 
 
@@ -52,7 +56,7 @@ def build_parser(
     `stubs` (plugin commands known by name and help line, from the cache), are listed by
     name and help line only. Enough for ``--help``, and nothing of theirs is imported.
     """
-    parser = ArgParser(prog="taskhook", description=__doc__, epilog=epilog)
+    parser = ArgParser(prog="taskhook", description=DESCRIPTION, epilog=epilog)
     # Global options: `split_globals` takes them out wherever they are; declared here (and on
     # `common`, with no default that could overwrite them) so that --help shows them.
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
