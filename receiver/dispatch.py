@@ -326,7 +326,7 @@ class Dispatcher:
         except BaseException as exc:  # an interpreter's bug, SystemExit & co.: contained
             return await self._underivable(delivery, exc)
 
-        wanted = [e.event_id for e in events if self._registry.handlers_for(e.name)]
+        wanted = [e.event_id for e in events if self._registry.handlers_for(e.name, e)]
         # No handler for any of them (a ledger-only setup): no need to ask what already ran.
         done = await self._storage.succeeded_runs(wanted) if wanted else set()
         runs: list[HandlerRun] = []
@@ -335,7 +335,7 @@ class Dispatcher:
                 with structlog.contextvars.bound_contextvars(
                     event_name=event.name, event_id=event.event_id
                 ):
-                    for handler in self._registry.handlers_for(event.name):
+                    for handler in self._registry.handlers_for(event.name, event):
                         if (event.event_id, handler.name) in done:
                             continue
                         self._check_claim(delivery)

@@ -55,7 +55,7 @@ class Interpretation:
         self._owner = owner
 
     def needs_handlers(self, events: Sequence[Event]) -> bool:
-        return any(self._registry.handlers_for(e.name) for e in events)
+        return any(self._registry.handlers_for(e.name, e) for e in events)
 
     async def derive(
         self, batch: Sequence[DeliveryRecord], *, may_finish: Callable[[], bool]

@@ -62,6 +62,17 @@ class RegisteredHandler:
     # Seconds one run may take, and runs of this handler at once (None: the [dispatch] defaults).
     timeout: float | None = None
     concurrency: int | None = None
+    # Run only for the events it says yes to (see `on`); None: every event it is for.
+    when: Callable[[Event], bool] | None = None
+
+    def wants(self, event: Event) -> bool:
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(event))
+        except Exception:  # a broken filter must not lose an event: the handler decides
+            log.exception("handler filter failed", handler=self.name)
+            return True
 
 
 def default_name(func: Callable[..., Any]) -> str:
@@ -250,11 +261,15 @@ class HandlerRegistry:
         name: str | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        when: Callable[[Event], bool] | None = None,
     ) -> Handler:
         """Run `handler` for the named event(s). Returns the handler (usable as a decorator).
 
         `timeout` (seconds a run may take) and `concurrency` (runs at once) override the
         ``[dispatch]`` defaults ``handler_timeout_seconds`` and ``handler_concurrency``.
+        `when(event)`, a quick synchronous test on memory only, skips the events it says no
+        to: no run, nothing recorded, as if the handler were not registered for them (every
+        run costs the dispatcher a task and a record, so a handler that rarely cares says so).
         """
         wanted = frozenset([events] if isinstance(events, str) else events)
         if not wanted:
@@ -265,7 +280,7 @@ class HandlerRegistry:
                 f"unknown event name(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(self._known))}"
             )
-        self._add(self._entry(handler, name, wanted, timeout, concurrency))
+        self._add(self._entry(handler, name, wanted, timeout, concurrency, when))
         return handler
 
     def on_any(
@@ -275,9 +290,10 @@ class HandlerRegistry:
         name: str | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        when: Callable[[Event], bool] | None = None,
     ) -> Handler:
         """Run `handler` for every event (options as for `on`)."""
-        self._add(self._entry(handler, name, None, timeout, concurrency))
+        self._add(self._entry(handler, name, None, timeout, concurrency, when))
         return handler
 
     def _entry(
@@ -287,13 +303,16 @@ class HandlerRegistry:
         events: frozenset[str] | None,
         timeout: float | None,
         concurrency: int | None,
+        when: Callable[[Event], bool] | None = None,
     ) -> RegisteredHandler:
         entry_name = self._name(handler, name)
         if timeout is not None and not timeout > 0:
             raise RegistryError(f"handler {entry_name!r}: timeout must be a positive number")
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise RegistryError(f"handler {entry_name!r}: concurrency must be at least 1")
-        return RegisteredHandler(entry_name, handler, events, timeout, concurrency)
+        if when is not None and not callable(when):
+            raise RegistryError(f"handler {entry_name!r}: when must be callable")
+        return RegisteredHandler(entry_name, handler, events, timeout, concurrency, when)
 
     def on_error(self, hook: ErrorHook) -> ErrorHook:
         """Call `hook(event, handler_name, exception)` whenever a handler fails."""
@@ -303,10 +322,12 @@ class HandlerRegistry:
         self._error_hooks.append(hook)
         return hook
 
-    def handlers_for(self, event_name: str) -> list[RegisteredHandler]:
-        """Specific handlers first, then catch-alls, each in registration order."""
+    def handlers_for(self, event_name: str, event: Event | None = None) -> list[RegisteredHandler]:
+        """Specific handlers first, then catch-alls, each in registration order; given the
+        `event`, only those whose `when` wants it."""
         specific = [h for h in self._handlers if h.events is not None and event_name in h.events]
-        return specific + [h for h in self._handlers if h.events is None]
+        found = specific + [h for h in self._handlers if h.events is None]
+        return found if event is None else [h for h in found if h.wants(event)]
 
     @property
     def handlers(self) -> tuple[RegisteredHandler, ...]:

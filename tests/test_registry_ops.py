@@ -124,3 +124,37 @@ def test_ops_sections_validate_and_resolve_the_alerts_secret() -> None:
         settings_from_mapping(SOURCE | {"alerts": {"url": "ftp://x"}}, environ={})
     with pytest.raises(ConfigError, match="ui"):
         settings_from_mapping(SOURCE | {"ui": {"enabeld": False}}, environ={})
+
+
+async def test_when_skips_the_events_a_handler_does_not_want(build_app: AppFactory) -> None:
+    from receiver.events import Event
+    from tests.conftest import client_for, sample, signed
+
+    ran: list[str] = []
+
+    def never(event: Event) -> bool:
+        return False
+
+    def broken(event: Event) -> bool:
+        raise RuntimeError("filter bug")
+
+    def setup(registry: HandlerRegistry) -> None:
+        registry.on_any(lambda e: ran.append("skipped"), name="skipped", when=never)
+        registry.on_any(lambda e: ran.append("broken"), name="broken", when=broken)
+        registry.on("task.completed", lambda e: ran.append("plain"), name="plain")
+        with pytest.raises(RegistryError, match="callable"):
+            registry.on_any(lambda e: None, name="bad", when=True)  # type: ignore[arg-type]
+
+    app = build_app(setup=setup)
+    async with app.started(), client_for(app) as client:
+        answer = await client.post(
+            "/callbacks/refonte", content=sample("01-completed.json"), headers=signed()
+        )
+        delivery_id = answer.json()["delivery_id"]
+        with capture_logs() as logs:
+            await app.dispatcher.drain()
+        events = await app.storage.load_events(delivery_id)
+        done = await app.storage.succeeded_runs([e.event_id for e in events])
+    assert sorted(ran) == ["broken", "plain"]  # a filter that fails lets the handler decide
+    assert {handler for _, handler in done} == {"broken", "plain"}  # nothing recorded for it
+    assert any(e["event"] == "handler filter failed" for e in logs)

@@ -204,6 +204,32 @@ async def test_a_callback_that_means_something_clears_its_expectation(
         assert refused.status_code == 409 and refused.json()["state"] == "arrived"
 
 
+async def test_the_handler_runs_only_for_sources_with_open_expectations(
+    build_app: AppFactory,
+) -> None:
+    first, second = watching(build_app), watching(build_app)  # two replicas, one database
+    async with (
+        first.started(),
+        second.started(),
+        client_for(first) as at_first,
+        client_for(second) as at_second,
+    ):
+        # Nothing expected: the watchdog costs an event nothing (no run, nothing recorded).
+        quiet = await deliver(at_first, first, callback("t0"))
+        [stored] = await first.storage.load_events(quiet)
+        assert await first.storage.succeeded_runs([stored.event_id]) == set()
+        # Registered on the other replica: this one hears of it within one refresh.
+        [t1] = await expect(at_second, task_id="t1", within_seconds=3600)
+        handler = next(h for h in first.registry.handlers if h.name == "builtin.watchdog")
+        event = Event.model_validate_json(stored.payload_json)
+        assert not handler.wants(event)
+        await job(first, "watchdog.watched")()
+        assert handler.wants(event)
+        arrived = await deliver(at_first, first, callback("t1"))
+        cleared = await one(at_first, t1["id"])
+        assert (cleared["state"], cleared["arrived_delivery_id"]) == ("arrived", arrived)
+
+
 async def test_a_callback_that_came_before_registration_marks_it_arrived_at_once(
     build_app: AppFactory,
 ) -> None:

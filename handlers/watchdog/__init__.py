@@ -24,6 +24,7 @@ from receiver.registry import HandlerRegistry
 
 HANDLER = "builtin.watchdog"
 JOB = "watchdog.sweep"
+WATCHED_SECONDS = 2.0
 
 
 def register(registry: HandlerRegistry) -> None:
@@ -34,7 +35,16 @@ def register(registry: HandlerRegistry) -> None:
     storage.declare("watchdog", MIGRATIONS)
     store = Expectations(storage)
     sources = tuple(settings.sources)
-    registry.on_any(clearing(store, storage, registry.clock), name=HANDLER)
+    # Every handler run costs the dispatcher a task and a record: the clearing handler runs
+    # only for events of sources with open expectations. Another replica's registrations are
+    # read every WATCHED_SECONDS, and a sweep finds any callback the handler did not see.
+    registry.on_any(
+        clearing(store, storage, registry.clock),
+        name=HANDLER,
+        when=lambda event: event.source in store.watched,
+    )
+    registry.on_startup(store.refresh_watched)
+    registry.every(WATCHED_SECONDS, store.refresh_watched, name="watchdog.watched")
     registry.every(settings.watchdog.check_seconds, Sweep(registry, store).run, name=JOB)
     registry.add_routes(build_routes(store, registry.keys, sources, registry.clock))
     registry.add_command(command(store, sources, registry.clock))

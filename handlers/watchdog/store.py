@@ -56,6 +56,8 @@ _EXPECTING_UNIQUE = sa.text(
     "SELECT 1 FROM watchdog_expected WHERE source = :source AND subject >= 'unique:' "
     f"AND subject < 'unique;' AND {_OPEN} LIMIT 1"
 )
+# The sources with open expectations (the state index serves it; a handful of rows).
+_WATCHED = sa.text(f"SELECT DISTINCT source FROM watchdog_expected WHERE {_OPEN}")
 KEEP_CLOSED = 30 * 86400.0
 _PRUNE = sa.text(
     "DELETE FROM watchdog_expected WHERE state IN ('arrived', 'cancelled') AND deadline < :before"
@@ -164,6 +166,12 @@ def count_statement(state: bool, source: bool) -> sa.Select[Any]:
 class Expectations:
     def __init__(self, storage: PluginStorage) -> None:
         self._storage = storage
+        #: Sources with open expectations, as this process last read them (`refresh_watched`)
+        #: or registered them: the clearing handler skips events of the other sources.
+        self.watched: frozenset[str] = frozenset()
+
+    async def refresh_watched(self) -> None:
+        self.watched = frozenset(str(r[0]) for r in await self._storage.query(_WATCHED))
 
     async def register(
         self, source: str, wants: Sequence[Want], *, deadline: float, who: str,
@@ -182,7 +190,10 @@ class Expectations:
                 done.append(Expectation.of(row))
             return done
 
-        return await self._storage.transaction(op)
+        registered = await self._storage.transaction(op)
+        if any(e.state in ("waiting", "overdue") for e in registered):
+            self.watched = self.watched | {source}
+        return registered
 
     async def _one(
         self, tx: Tx, source: str, want: Want, deadline: float, who: str, note: str | None,
