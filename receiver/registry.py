@@ -157,12 +157,13 @@ class HandlerRegistry:
     def periodic(self) -> tuple[Periodic, ...]:
         return tuple(self._periodic)
 
-    def add_nav(self, title: str, path: str) -> None:
-        """List a plugin's dashboard page (a route it added under ``/ui/``) in the nav."""
+    def add_nav(self, title: str, path: str, *, scopes: Iterable[str] = ()) -> None:
+        """List a plugin's dashboard page (a route it added under ``/ui/``) in the nav, for
+        keys with one of `scopes` (none given: for every signed-in key)."""
         self._check_open()
         if not path.startswith("/ui/"):
             raise RegistryError(f"dashboard pages live under /ui/, not {path!r}")
-        self._nav.append(NavLink(title, path))
+        self._nav.append(NavLink(title, path, tuple(scopes)))
 
     @property
     def nav(self) -> tuple[NavLink, ...]:

@@ -58,3 +58,5 @@ class NavLink:
 
     title: str
     path: str
+    # Shown only to keys with one of these scopes (empty: to every signed-in key).
+    scopes: tuple[str, ...] = ()

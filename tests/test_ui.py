@@ -424,3 +424,19 @@ def test_the_plugin_toolkit_exports_stay_put() -> None:
 
     assert receiver.ui.kit.__all__ == ["Page", "PageEndpoint", "ui_route"]
     assert receiver.ui.__all__ == ["ui_routes"]
+
+
+async def test_plugin_nav_links_show_only_to_keys_that_may_open_them(
+    build_app: AppFactory,
+) -> None:
+    keys = {
+        "ops": {"key": OPS_KEY, "scopes": ["deliveries.read", "tasks.read"]},
+        "inbox": {"key": "inbox-only", "scopes": ["deliveries.read"]},
+    }
+    app = build_app(handlers=["handlers.ledger"], api={"keys": keys})
+    async with app.started():
+        for key, shown in ((OPS_KEY, True), ("inbox-only", False)):
+            async with client_for(app) as client:
+                assert (await sign_in(client, key=key)).status_code == 303
+                page = (await client.get("/ui/deliveries")).text
+                assert ('href="/ui/tasks"' in page) is shown, key

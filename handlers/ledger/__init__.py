@@ -26,6 +26,7 @@ from handlers.ledger.review_api import build_review_routes
 from handlers.ledger.review_store import act, apply_reviews
 from handlers.ledger.store import Result, apply_snapshots
 from handlers.ledger.tables import MIGRATIONS
+from handlers.ledger.ui import READ as UI_READ
 from handlers.ledger.ui import build_ui_routes
 from receiver.errors import RegistryError
 from receiver.plugin_store import Tx
@@ -104,5 +105,5 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_routes(build_routes(storage, registry.keys))
     # The dashboard's task pages (served only while [ui] is enabled).
     registry.add_routes(build_ui_routes(storage, operator))
-    registry.add_nav("Tasks", "/ui/tasks")
+    registry.add_nav("Tasks", "/ui/tasks", scopes=UI_READ)
     registry.add_command(command(storage))

@@ -50,4 +50,4 @@ def register(registry: HandlerRegistry) -> None:
     registry.add_command(command(store, sources, registry.clock))
     if settings.ui.enabled:
         registry.add_routes(build_pages(store))
-        registry.add_nav("Expected", PAGE)
+        registry.add_nav("Expected", PAGE, scopes=("tasks.read", "task.read"))

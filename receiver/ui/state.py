@@ -93,7 +93,11 @@ class UiState:
 
     def nav(self, scopes: frozenset[str]) -> list[NavItem]:
         items = [item for item in BUILT_IN_NAV if item.scope is None or item.scope in scopes]
-        return items + [NavItem(link.title, link.path) for link in self.app.registry.nav]
+        return items + [
+            NavItem(link.title, link.path)
+            for link in self.app.registry.nav
+            if not link.scopes or scopes.intersection(link.scopes)
+        ]
 
     def render(
         self,
