@@ -38,11 +38,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_for(args)
     configure_logging_for(settings, "warning" if args.quiet else settings.log.level)
-    # Both checked before anything starts, so the mistake is one line, not uvicorn's
-    # "Application startup failed" with a traceback or a port that is not the one asked for.
-    sock = bind_socket(args.host, args.port)
-    probe_storage(settings.database.url)
+    # The configuration's plugins, the database and the port are each checked before anything
+    # starts, so a mistake is one line, not uvicorn's "Application startup failed" with a
+    # traceback or a port that is not the one asked for; what the configuration says first.
     app = create_app(settings)
+    probe_storage(settings.database.url)
+    sock = bind_socket(args.host, args.port)
     # The front door's limits ([http]) are enforced by receiver.server's protocol.
     config = build_config(
         app,
