@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from receiver import times
 from receiver.auth import Denied
 from receiver.errors import StorageBusy, StorageUnavailable
 from receiver.metrics import CONTENT_TYPE_LATEST
@@ -36,7 +36,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return times.iso(ts, "milliseconds")
 
 
 def body_fields(body: bytes | None) -> dict[str, Any]:

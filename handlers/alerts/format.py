@@ -17,8 +17,9 @@ from typing import Literal
 
 import orjson
 
-from handlers.alerts.outbox import Alert, iso
+from handlers.alerts.outbox import Alert
 from receiver.signing import sign_standard_webhooks
+from receiver.times import iso
 
 Format = Literal["slack", "json"]
 USER_AGENT = "taskhook-alerts"

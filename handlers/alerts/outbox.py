@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -34,6 +33,7 @@ import sqlalchemy as sa
 from handlers.alerts.tables import alert_id
 from receiver.plugin_store import PluginStorage, Tx
 from receiver.signals import Signal
+from receiver.times import iso
 
 HOUR = 3600.0
 SUPPRESSED_KIND = "alerts.suppressed"  # the notice's own kind (not a Signal kind)
@@ -105,10 +105,6 @@ class Alert:
             id=row[0], kind=row[1], key=row[2], summary=row[3], details=orjson.loads(row[4]),
             link=row[5], raised_at=float(row[6]), attempts=int(row[7]),
         )  # fmt: skip
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def backoff(attempts: int) -> float:

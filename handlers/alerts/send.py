@@ -15,7 +15,8 @@ import httpx
 import structlog
 
 from handlers.alerts.format import Format, body_of, headers_of
-from handlers.alerts.outbox import Alert, Outbox, iso
+from handlers.alerts.outbox import Alert, Outbox
+from receiver.times import iso
 
 log = structlog.get_logger("taskhook.alerts")
 

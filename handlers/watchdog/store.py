@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 
 from handlers.watchdog import arrivals
 from handlers.watchdog.tables import EXPECTED, expectation_id, subject_of
+from receiver import times
 from receiver.plugin_store import PluginStorage, Row, Tx
 
 _C = EXPECTED.c
@@ -84,9 +84,7 @@ _ASKED = sa.text("UPDATE watchdog_expected SET reconcile = :result WHERE id = :i
 
 
 def iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if at is None else times.iso(at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from receiver import times
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,4 +43,4 @@ def callback(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    return times.iso(at, "auto")

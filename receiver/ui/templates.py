@@ -9,7 +9,6 @@ redaction at intake, so no page can print one whatever a template or plugin asks
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,14 @@ import jinja2
 import orjson
 from markupsafe import Markup
 
+from receiver import times
 from receiver.redaction import Redactor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def iso(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return "" if ts is None else times.iso(ts)
 
 
 def pretty_json(value: Any) -> str:
